@@ -1,0 +1,1 @@
+"""Board definitions and the virtual ESP32 board."""

@@ -1,0 +1,1 @@
+"""Fleet: device registry, provisioning, releases and rollouts."""

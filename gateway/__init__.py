@@ -1,0 +1,1 @@
+"""Gateway: verifies OSCORE uplinks from nodes, decodes SenML-CBOR and publishes to MQTT."""

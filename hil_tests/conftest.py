@@ -1,0 +1,39 @@
+"""Fixtures for the hardware-in-the-loop suite: a broker for the session, a testbed per test.
+
+The boards here are virtual (the firmware on the MicroPython VM); the same tests are meant to
+run against a rack of real boards when one is configured.
+"""
+
+import pytest
+
+from boards.broker import Broker
+from boards.testbed import PREFIX, MqttWatch, Testbed
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture
+def testbed(tmp_path, broker):
+    bed = Testbed(tmp_path, broker=broker).start()
+    yield bed
+    bed.nodes_log = {k: n.lines for k, n in bed.nodes.items()}
+    for node in bed.nodes.values():
+        node.stop()
+    bed.gateway.stop()
+
+
+@pytest.fixture
+def mqtt(broker):
+    watch = MqttWatch(broker.url, PREFIX + "/#")
+    yield watch
+    watch.close()
+
+
+def pytest_report_header(config):
+    from boards.broker import find_mosquitto
+    found = find_mosquitto()
+    return "mqtt broker for hil_tests: %s" % (found or "amqtt (mosquitto not installed)")

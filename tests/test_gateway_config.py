@@ -1,0 +1,59 @@
+"""gateway.toml validation: every mistake gets a message that says what to fix."""
+
+import pytest
+
+from gateway import config
+from gateway.cli import main as gateway_main
+from gateway.errors import ConfigError
+
+GOOD = """
+[coap]
+bind = "127.0.0.1"
+port = 5683
+[mqtt]
+url = "mqtt://broker.local:1884"
+prefix = "city"
+[registry]
+url = "sqlite:///fleet.db"
+"""
+
+
+def test_minimal_file_loads(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text(GOOD)
+    cfg = config.load(path)
+    assert (cfg.coap.bind, cfg.coap.port) == ("127.0.0.1", 5683)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.prefix) == ("broker.local", 1884, "city")
+    assert cfg.registry.url == "sqlite:///fleet.db"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("port = 5683", "port = 70000"), "port number"),
+    (lambda t: t.replace("port = 5683", 'port = "5683"'), "must be int"),
+    (lambda t: t.replace('bind = "127.0.0.1"', 'bind = "localhost"'), "IP address"),
+    (lambda t: t.replace("mqtt://broker.local:1884", "tcp://broker"), "mqtt://host:port"),
+    (lambda t: t.replace('prefix = "city"', 'prefix = "city/#"'), "wildcards"),
+    (lambda t: t.replace("[registry]\nurl", "[registry]\nuri"), "unknown key"),
+    (lambda t: t + "\n[extra]\n", "unknown section"),
+    (lambda t: t.replace('url = "sqlite:///fleet.db"', ""), "[registry] needs url"),
+    (lambda t: t.replace("[coap]", "[coap"), "not valid TOML"),
+])
+def test_mistakes_are_named(tmp_path, edit, message):
+    path = tmp_path / "gw.toml"
+    path.write_text(edit(GOOD))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert message in str(info.value)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    assert gateway_main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the configuration" in err and "Traceback" not in err
+
+
+def test_check_config(tmp_path, capsys):
+    path = tmp_path / "gw.toml"
+    path.write_text(GOOD)
+    assert gateway_main(["check-config", "--config", str(path)]) == 0
+    assert "ok" in capsys.readouterr().out

@@ -1,0 +1,42 @@
+"""The vocabulary has one source of truth; the firmware copy and the protocol doc must match it."""
+
+import json
+import re
+from pathlib import Path
+
+from boards.vm import FIRMWARE, run_source
+from gateway import vocabulary
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def test_firmware_copy_is_generated_from_the_table():
+    assert vocabulary.FIRMWARE_COPY.read_text() == vocabulary.firmware_source(), (
+        "firmware/lib/vocab.py is stale: run `python -m gateway.vocabulary`")
+
+
+def test_micropython_sees_the_same_table_as_cpython():
+    proc = run_source("import json, vocab\nprint(json.dumps(vocab.TABLE))",
+                      path=[FIRMWARE / "lib"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout) == vocabulary.as_rows()
+
+
+def test_protocol_doc_lists_exactly_the_table():
+    text = DOC.read_text()
+    section = text.split("## 4. Vocabulary", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z]+)` \| ([^|]+) \| ([^|]+) \| (\d+) \| (\w+) \| ([^|]+) \|",
+                      section, re.M)
+    doc = [[n, w.strip(), "" if u.strip() == "-" else u.strip(), int(s), k,
+            r.strip()] for n, w, u, s, k, r in rows]
+    code = [[q.name, q.wire_unit, q.unit, q.scale, q.kind,
+             "all" if q.roles == vocabulary.ROLES else ", ".join(q.roles)]
+            for q in vocabulary.TABLE]
+    assert doc == code
+
+
+def test_names_are_unique_and_kinds_known():
+    names = [q.name for q in vocabulary.TABLE]
+    assert len(names) == len(set(names))
+    assert {q.kind for q in vocabulary.TABLE} <= {"v", "vb", "vs"}
+    assert all(set(q.roles) <= set(vocabulary.ROLES) for q in vocabulary.TABLE)
