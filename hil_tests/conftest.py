@@ -4,10 +4,33 @@ The boards here are virtual (the firmware on the MicroPython VM); the same tests
 run against a rack of real boards when one is configured.
 """
 
+from pathlib import Path
+
 import pytest
 
 from boards.broker import Broker
 from boards.testbed import PREFIX, MqttWatch, Testbed
+from hil_tests.bench import VirtualDut, load_bench, virtual_fleet
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench", metavar="FILE",
+                     help="run the HIL suite on the real boards this TOML file describes "
+                          "(default: virtual boards)")
+
+
+@pytest.fixture
+def dut(request, tmp_path):
+    """One device under test: a fresh virtual board (blank flash), or the bench's first board."""
+    bench = request.config.getoption("--bench")
+    if bench:
+        boards = load_bench(Path(bench))
+        if not boards:
+            pytest.skip("bench %s lists no boards" % bench)
+        yield boards[0]
+        return
+    with virtual_fleet(tmp_path) as fleet:
+        yield VirtualDut(fleet, "board-00")
 
 
 @pytest.fixture(scope="session")
@@ -36,4 +59,6 @@ def mqtt(broker):
 def pytest_report_header(config):
     from boards.broker import find_mosquitto
     found = find_mosquitto()
-    return "mqtt broker for hil_tests: %s" % (found or "amqtt (mosquitto not installed)")
+    bench = config.getoption("--bench") or "virtual boards"
+    return ["hil_tests bench: %s" % bench,
+            "mqtt broker for hil_tests: %s" % (found or "amqtt (mosquitto not installed)")]

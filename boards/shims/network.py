@@ -1,6 +1,14 @@
 # `network` for firmware on the MicroPython unix VM: the ESP32 port's names and status codes.
-# Traffic goes over the host's loopback; the "radio" is always in range unless the board's
-# world model says otherwise (the virtual board extends this).
+#
+# Traffic goes over the host's loopback; the radio is not modelled. On a virtual board the
+# WLAN state lives in the board process (boards/hardware.py): connect() takes wifi_connect_s of
+# simulated time, and while the world makes the WiFi "lost" isconnected() is False and status()
+# is STAT_CONNECTING (the port keeps reconnecting) until the link is back. Losing the link does
+# not stop sockets here: packet loss is injected by the UDP relay between node and gateway
+# (boards/netem.py), which the board core cuts while the world's "wifi_lost" fault lasts
+# (BoardHardware.wifi_listeners also tells of losses injected with BoardHardware.wifi_lost()).
+# Without a board (VBOARD_BUS unset) connect() succeeds at once and the link never drops.
+import _vbus
 
 STA_IF = 0
 AP_IF = 1
@@ -14,9 +22,21 @@ STAT_ASSOC_FAIL = 203
 STAT_HANDSHAKE_TIMEOUT = 204
 
 _RSSI_DBM = -61
+_call = _vbus.call
+_board = _vbus.connected
+_hostname = ["esp32"]
+
+
+def hostname(name=None):
+    if name is None:
+        return _hostname[0]
+    _hostname[0] = name
 
 
 class WLAN:
+    PM_NONE = 0
+    PM_PERFORMANCE = 1
+    PM_POWERSAVE = 2
     _state = {}
 
     def __init__(self, interface_id=STA_IF):
@@ -24,32 +44,47 @@ class WLAN:
         s = WLAN._state.setdefault(interface_id, {"active": False, "status": STAT_IDLE})
         self._s = s
 
+    def _sta_board(self):
+        return _board and self._if == STA_IF
+
     def active(self, is_active=None):
-        if is_active is None:
-            return self._s["active"]
-        self._s["active"] = bool(is_active)
-        if not is_active:
-            self._s["status"] = STAT_IDLE
-        return None
+        # like the port, returns whether the interface is active (also after setting it)
+        if self._sta_board():
+            return _call("wlan_active", None if is_active is None else bool(is_active))
+        if is_active is not None:
+            self._s["active"] = bool(is_active)
+            if not is_active:
+                self._s["status"] = STAT_IDLE
+        return self._s["active"]
 
     def connect(self, ssid=None, key=None, *, bssid=None):
+        if self._sta_board():
+            _call("wlan_connect", ssid)
+            return
         if not self._s["active"]:
             raise OSError("Wifi Not Started")
         self._s["status"] = STAT_GOT_IP
 
     def disconnect(self):
+        if self._sta_board():
+            _call("wlan_disconnect")
+            return
         self._s["status"] = STAT_IDLE
 
     def isconnected(self):
-        return self._s["status"] == STAT_GOT_IP
+        return self.status() == STAT_GOT_IP
 
     def status(self, param=None):
         if param == "rssi":
+            if self._sta_board():
+                return _call("wlan_rssi")
             if not self.isconnected():
                 raise OSError("STA must be connected")
             return _RSSI_DBM
         if param is not None:
             raise ValueError("unknown status param")
+        if self._sta_board():
+            return _call("wlan_status")
         return self._s["status"]
 
     def ifconfig(self, config=None):
@@ -59,9 +94,16 @@ class WLAN:
 
     def config(self, *args, **kwargs):
         if args == ("mac",):
-            return b"\x24\x0a\xc4\x00\x00\x01"
+            mac = _vbus.mac
+            if self._if == AP_IF:     # the port's AP MAC is the base MAC + 1
+                mac = mac[:5] + bytes(((mac[5] + 1) & 0xFF,))
+            return mac
+        if args == ("hostname",) or args == ("dhcp_hostname",):
+            return _hostname[0]
         if args:
             raise ValueError("unknown config param")
+        if "hostname" in kwargs:
+            _hostname[0] = kwargs["hostname"]
         return None
 
     def scan(self):

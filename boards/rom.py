@@ -1,0 +1,1062 @@
+"""The virtual ESP32's ROM serial bootloader: unmodified esptool flashes a virtual board over TCP.
+
+``RomBootloader`` serves the ESP32 (rev v3.1, ESP32-D0WD-V3, 40 MHz crystal) UART download
+protocol on a TCP port, so ``esptool --chip esp32 --port socket://HOST:PORT --before no-reset``
+reads the MAC, identifies the flash and writes, verifies, reads and erases a
+``boards.flash.FlashFile``, with and without esptool's flasher stub. The flash answers RDID
+as a GigaDevice GD25Q (C8 40 16 for 4 MB). ``start_rfc2217`` serves the same chip behind an
+RFC 2217 port with a DevKitC's auto-reset circuit, so esptool's default DTR/RTS reset
+sequences switch the board between its firmware and the ROM (recognised by intent, as
+esptool's esp_rfc2217_server does, because RFC 2217 cannot carry the line timing).
+
+Protocol (esptool's docs/en/advanced-topics/serial-protocol.rst): SLIP frames; a request is
+``00 op len(2) checksum(4) data``; a reply is ``01 op len(2) value(4) data status``. The status
+is 4 bytes from the ROM (status, error, 0, 0) and 2 bytes from the stub; both read as one
+big-endian 16-bit code in esptool's error table, which is how they are written here (0x0105 =
+ROM "invalid message", 0xC100 = stub "bad data checksum").
+
+When esptool uploads its stub (MEM_BEGIN/MEM_DATA/MEM_END with an entry point) nothing runs:
+the upload is recognised by comparing it with the stubs esptool ships, MEM_END is answered, the
+stub's ``OHAI`` greeting is sent and the session speaks the stub's dialect from then on: 2-byte
+status, answer first and program afterwards (an error reaches the host with the *next*
+command, as on the stub), just-in-time erasing, ERASE_FLASH, ERASE_REGION, streamed READ_FLASH.
+
+Choices where the real ROM's behaviour is not documented (esptool never provokes them):
+malformed requests, unexpected sequence numbers and commands out of order answer 0x0105;
+requests the flash cannot do (misaligned erase, a range beyond the configured flash size,
+flash not attached) answer 0x0106; the ROM's 0xFF padding of a last block past the end of the
+flash is dropped instead of refused. Until SPI_SET_PARAMS the ROM assumes a 2 MB flash, as
+esptool's own comments say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Iterator
+
+from boards.definitions import MB, Board
+from boards.flash import SECTOR, FlashFile, PowerCut
+
+log = logging.getLogger(__name__)
+
+SessionCallback = Callable[[], "Awaitable[None] | None"]
+
+# --- protocol constants ---------------------------------------------------------------------
+
+_FLASH_BEGIN = 0x02
+_FLASH_DATA = 0x03
+_FLASH_END = 0x04
+_MEM_BEGIN = 0x05
+_MEM_END = 0x06
+_MEM_DATA = 0x07
+_SYNC = 0x08
+_WRITE_REG = 0x09
+_READ_REG = 0x0A
+_SPI_SET_PARAMS = 0x0B
+_SPI_ATTACH = 0x0D
+_READ_FLASH_SLOW = 0x0E
+_CHANGE_BAUDRATE = 0x0F
+_FLASH_DEFL_BEGIN = 0x10
+_FLASH_DEFL_DATA = 0x11
+_FLASH_DEFL_END = 0x12
+_SPI_FLASH_MD5 = 0x13
+_GET_SECURITY_INFO = 0x14
+_ERASE_FLASH = 0xD0        # stub only
+_ERASE_REGION = 0xD1
+_READ_FLASH = 0xD2
+_RUN_USER_CODE = 0xD3
+
+_SYNC_PAYLOAD = b"\x07\x07\x12\x20" + b"\x55" * 32
+_ROM_SYNC_VALUE = 0x20120707      # any non-zero value: esptool takes 0 to mean "stub running"
+_CHECKSUM_SEED = 0xEF
+_HEADER = struct.Struct("<BBHI")
+_DATA_HEADER = struct.Struct("<IIII")    # length, sequence, 0, 0 before _DATA payloads
+_OHAI = b"OHAI"
+
+# Error codes as esptool prints them: ROM (status 1, error) and stub (one 16-bit code).
+_KINDS = {  # kind: (ROM, stub)
+    "message": (0x0105, 0xC000),     # malformed request / bad data length
+    "checksum": (0x0107, 0xC100),
+    "command": (0x0105, 0xC300),     # unknown command
+    "flash": (0x0106, 0xC400),       # the flash operation failed or was refused
+    "not_in_flash_mode": (0x0105, 0xC600),
+    "inflate": (0x010B, 0xC700),
+    "too_much": (0x0105, 0xC900),
+    "read": (0x0109, 0xC400),
+    "read_length": (0x010A, 0xC000),
+    "not_implemented": (0x0105, 0xFF00),
+}
+
+_ROM_MAX_BLOCK = 0x1800          # largest _DATA block the ROM takes (esptool's ESP_RAM_BLOCK)
+_STUB_MAX_BLOCK = 0x4000         # the stub's FLASH_WRITE_SIZE
+_STUB_MAX_READ_PACKET = 4096
+_ROM_DEFAULT_FLASH_SIZE = 2 * MB
+_BLOCK_64K = 0x10000
+ACK_TIMEOUT_S = 10.0             # the stub's READ_FLASH waits this long for the host's ack
+HANDOVER_TIMEOUT_S = 1.0         # a new client waits this long for the previous one to go
+
+# --- ESP32 memory map (esptool targets/esp32.py and the ESP32 TRM) --------------------------------
+
+_CHIP_MAGIC_ADDR = 0x40001000
+_CHIP_MAGIC = 0x00F01D83
+_EFUSE_BASE = 0x3FF5A000
+_APB_CTL_DATE = 0x3FF6607C
+_UART0_CLKDIV = 0x3FF40014
+_RTC_CALI_CFG1 = 0x3FF5F06C
+_GPIO_STRAP = 0x3FF44038
+_SPI0_BASE = 0x3FF42000
+_SPI_CMD = _SPI0_BASE + 0x00
+_SPI_ADDR = _SPI0_BASE + 0x04
+_SPI_USER = _SPI0_BASE + 0x1C
+_SPI_USER1 = _SPI0_BASE + 0x20
+_SPI_USER2 = _SPI0_BASE + 0x24
+_SPI_MISO_DLEN = _SPI0_BASE + 0x2C
+_SPI_W0 = _SPI0_BASE + 0x80
+_SPI_CMD_USR = 1 << 18
+_SPI_USR_ADDR = 1 << 30
+_SPI_USR_MISO = 1 << 28
+
+_XTAL_HZ = 40_000_000
+_STUB_APB_HZ = 80_000_000          # the stub switches the APB clock to the PLL
+_ROM_BAUD = 115200
+_CK8M_EFUSE = 50                   # with this calibration the ROM's crystal estimate is 40 MHz
+_RTC_CALI_VALUE = _XTAL_HZ * 40 // (15625 * _CK8M_EFUSE)
+_STRAP_DOWNLOAD = 0x03             # boot:0x3 DOWNLOAD_BOOT (GPIO0 low)
+
+_FLASH_MANUFACTURER = 0xC8         # GigaDevice
+_FLASH_MEMORY_TYPE = 0x40          # GD25Qxx
+
+
+def _mac_crc8(mac: bytes) -> int:
+    """The ROM's esp_crc8 over the factory MAC (CRC-8, reflected polynomial 0x8C, init 0)."""
+    crc = 0
+    for byte in mac:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8C if crc & 1 else crc >> 1
+    return crc
+
+
+def _efuse_words(mac: bytes) -> list[int]:
+    """eFuse BLOCK0 read registers of an ESP32-D0WD-V3, rev v3.1, with ``mac`` as factory MAC."""
+    return [
+        0,                                                       # no write/read protection
+        int.from_bytes(mac[2:6], "big"),                         # MAC[31:0]
+        _mac_crc8(mac) << 16 | int.from_bytes(mac[0:2], "big"),  # MAC CRC, MAC[47:32]
+        1 << 15 | 1 << 13 | 1 << 9,     # CHIP_VER_REV1, 240 MHz rated, package 1 (D0WD)
+        0x0B << 8 | _CK8M_EFUSE,        # ADC Vref calibration, 8 MHz clock calibration
+        1 << 24 | 1 << 20,              # wafer minor 1, CHIP_VER_REV2
+        0,                              # coding scheme none, no secure boot
+    ]
+
+
+def _sfdp_table(size: int) -> bytes:
+    """A short SFDP area: signature, the JEDEC basic table (density) and a vendor header."""
+    table = bytearray(b"\xff" * 0x80)
+    table[0:8] = b"SFDP\x06\x01\x01\xff"
+    table[8:16] = bytes([0x00, 0x06, 0x01, 0x09, 0x30, 0x00, 0x00, 0xFF])
+    table[16:24] = bytes([_FLASH_MANUFACTURER, 0x00, 0x01, 0x03, 0x60, 0x00, 0x00, 0xFF])
+    table[0x30:0x38] = struct.pack("<II", 0xFFF120E5, size * 8 - 1)
+    return bytes(table)
+
+
+class _Registers:
+    """The words esptool reads and writes with READ_REG/WRITE_REG, including the SPI0 user
+    command engine it drives to send RDID, RDSFDP and status commands to the flash chip."""
+
+    def __init__(self, mac: bytes, flash_size: int) -> None:
+        self._words: dict[int, int] = {
+            _CHIP_MAGIC_ADDR: _CHIP_MAGIC,
+            _APB_CTL_DATE: 1 << 31 | 0x16042000,      # bit 31 marks ECO3 (major revision 3)
+            _UART0_CLKDIV: self.clock_divider(_XTAL_HZ, _ROM_BAUD),
+            _RTC_CALI_CFG1: _RTC_CALI_VALUE << 7,
+            _GPIO_STRAP: _STRAP_DOWNLOAD,
+        }
+        for n, word in enumerate(_efuse_words(mac)):
+            self._words[_EFUSE_BASE + 4 * n] = word
+        self._rdid = bytes([_FLASH_MANUFACTURER, _FLASH_MEMORY_TYPE, flash_size.bit_length() - 1])
+        self._sfdp = _sfdp_table(flash_size)
+        self._flash_status = 0
+
+    @staticmethod
+    def clock_divider(apb_hz: int, baud: int) -> int:
+        """UART_CLKDIV_REG: integer divider in bits 0-19, 1/16 fraction in bits 20-23."""
+        sixteenths = apb_hz * 16 // max(baud, 1)
+        return (sixteenths % 16) << 20 | (sixteenths // 16) & 0xFFFFF
+
+    def read(self, addr: int) -> int:
+        return self._words.get(addr, 0)
+
+    def write(self, addr: int, value: int, mask: int) -> None:
+        self._words[addr] = (self.read(addr) & ~mask | value & mask) & 0xFFFFFFFF
+        if addr == _SPI_CMD and self._words[addr] & _SPI_CMD_USR:
+            self._run_spi_user_command()
+
+    def _run_spi_user_command(self) -> None:
+        user = self.read(_SPI_USER)
+        opcode = self.read(_SPI_USER2) & 0xFF
+        addr = 0
+        if user & _SPI_USR_ADDR:
+            addr_bits = (self.read(_SPI_USER1) >> 26 & 0x3F) + 1
+            addr = self.read(_SPI_ADDR) >> (32 - addr_bits)
+        if user & _SPI_USR_MISO:
+            reply = self._flash_reply(opcode, addr)
+            nbytes = (self.read(_SPI_MISO_DLEN) + 1 + 7) // 8
+            reply = reply[:nbytes].ljust(nbytes, b"\xff")   # nothing drives MISO: reads 1s
+            for i in range(0, nbytes, 4):   # bytes past the reply keep what the host wrote
+                reg = _SPI_W0 + i
+                chunk = reply[i:i + 4]
+                keep = self.read(reg) & ~((1 << 8 * len(chunk)) - 1)
+                self._words[reg] = keep | int.from_bytes(chunk, "little")
+        self._words[_SPI_CMD] &= ~_SPI_CMD_USR
+
+    def _flash_reply(self, opcode: int, addr: int) -> bytes:
+        if opcode == 0x9F:                       # RDID
+            return self._rdid
+        if opcode == 0x5A:                       # RDSFDP (24-bit address, 8 dummy cycles)
+            return self._sfdp[addr:addr + 64].ljust(64, b"\xff")
+        if opcode in (0x05, 0x35, 0x15):         # RDSR, RDSR2, RDSR3
+            return bytes([self._flash_status >> 8 * (0x05, 0x35, 0x15).index(opcode) & 0xFF])
+        if opcode == 0xAB:                       # release power-down / device ID
+            return bytes([self._rdid[2] - 1])
+        return b""
+
+
+# --- SLIP -----------------------------------------------------------------------------------------
+
+def slip_encode(payload: bytes) -> bytes:
+    return b"\xc0" + payload.replace(b"\xdb", b"\xdb\xdd").replace(b"\xc0", b"\xdb\xdc") + b"\xc0"
+
+
+class SlipDecoder:
+    """Splits a byte stream into SLIP frames; bytes outside frames are dropped, as the ROM
+    drops line noise."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames = []
+        while True:
+            start = self._buf.find(b"\xc0")
+            if start < 0:
+                self._buf.clear()
+                return frames
+            end = self._buf.find(b"\xc0", start + 1)
+            if end < 0:
+                del self._buf[:start]
+                return frames
+            body = bytes(self._buf[start + 1:end])
+            del self._buf[:end]            # the closing delimiter may open the next frame
+            if body:
+                frames.append(body.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb"))
+
+
+def _checksum(data: bytes) -> int:
+    state = _CHECKSUM_SEED
+    for byte in data:
+        state ^= byte
+    return state
+
+
+@functools.lru_cache(maxsize=1)
+def _known_stub_digests() -> frozenset[bytes] | None:
+    """SHA-256 of the ESP32 stub text segments esptool ships; None if esptool is missing."""
+    try:
+        import esptool
+    except ImportError:
+        return None
+    digests = set()
+    for path in (Path(esptool.__file__).parent / "targets" / "stub_flasher").glob("*/esp32.json"):
+        text = base64.b64decode(json.loads(path.read_text())["text"])
+        digests.add(hashlib.sha256(text).digest())
+    return frozenset(digests)
+
+
+# --- one client session ---------------------------------------------------------------------------
+
+class _Refused(Exception):
+    """A request the loader answers with an error status; ``kind`` indexes _KINDS."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class _Silent(Exception):
+    """A request the loader does not answer at all."""
+
+
+@dataclass
+class _FlashWrite:
+    """FLASH_BEGIN / FLASH_DEFL_BEGIN in progress."""
+    address: int            # where the next byte goes
+    remaining: int          # bytes still allowed (ROM: the erase size; stub: the exact size)
+    block_size: int
+    blocks: int
+    inflater: "zlib._Decompress | None" = None
+    next_seq: int = 0
+    erased_to: int = 0      # stub: erased up to here (erases run just in time)
+    erase_end: int = 0
+
+
+@dataclass
+class _RamLoad:
+    """MEM_BEGIN in progress and what was loaded so far."""
+    address: int
+    remaining: int
+    next_seq: int = 0
+    segments: dict[int, bytearray] = field(default_factory=dict)
+
+
+class _Session:
+    """One TCP client: a freshly reset chip in download mode, until the client goes away."""
+
+    def __init__(self, rom: "RomBootloader", reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.rom = rom
+        self.flash = rom.flash
+        self._reader = reader
+        self.writer = writer
+        self._decoder = SlipDecoder()
+        self._frames: list[bytes] = []
+        # RFC 2217 puts telnet framing between the wire and the SLIP stream
+        self.frame_filter: Callable[[bytes], bytes] = lambda data: data
+        self.wire_escape: Callable[[bytes], bytes] = lambda data: data
+        self.state = "waiting"  # waiting (not synced), rom, stub, ram (loaded code), app, reset
+        self.reset_chip()
+
+    def reset_chip(self) -> None:
+        """Power-on state of the ROM loader: nothing attached, flash size parameter 2 MB."""
+        self.regs = _Registers(self.rom.mac, self.flash.size)
+        self.state = "waiting"
+        self._attached = False
+        self._flash_size_param = _ROM_DEFAULT_FLASH_SIZE
+        self._write: _FlashWrite | None = None
+        self._ram: _RamLoad | None = None
+        self._deferred: str | None = None      # stub: error from the previous command's work
+        self._after_reply: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def stub(self) -> bool:
+        return self.state == "stub"
+
+    @property
+    def in_loader(self) -> bool:
+        return self.state in ("rom", "stub")
+
+    # -- transport --
+
+    async def next_frame(self, timeout: float | None = None) -> bytes | None:
+        """The next SLIP frame from the client; None when it disconnected (or timed out)."""
+        while not self._frames:
+            try:
+                if timeout is None:
+                    data = await self._reader.read(65536)
+                else:
+                    data = await asyncio.wait_for(self._reader.read(65536), timeout)
+            except (asyncio.TimeoutError, ConnectionError):
+                return None
+            if not data:
+                return None
+            self._frames.extend(self._decoder.feed(self.frame_filter(data)))
+        return self._frames.pop(0)
+
+    def drop_input(self) -> None:
+        self._frames.clear()
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(self.wire_escape(data))
+
+    def send_frame(self, payload: bytes) -> None:
+        self.send_raw(slip_encode(payload))
+
+    def reply(self, op: int, value: int = 0, data: bytes = b"", code: int = 0) -> None:
+        status = code.to_bytes(2, "big") + (b"" if self.stub else b"\x00\x00")
+        body = data + status
+        self.send_frame(_HEADER.pack(0x01, op, len(body), value) + body)
+
+    def error_code(self, kind: str) -> int:
+        return _KINDS[kind][1 if self.stub else 0]
+
+    # -- command loop --
+
+    async def serve(self) -> None:
+        while True:
+            frame = await self.next_frame()
+            if frame is None:
+                return
+            if self.in_loader or self.state == "waiting":
+                await self.handle(frame)
+                await self.writer.drain()
+
+    async def handle(self, frame: bytes) -> None:
+        if len(frame) < _HEADER.size:
+            return                                    # a stray ack or noise
+        direction, op, size, chk = _HEADER.unpack_from(frame)
+        payload = frame[_HEADER.size:]
+        if self.state == "waiting":
+            if direction == 0 and op == _SYNC and payload == _SYNC_PAYLOAD:
+                await self.rom._session_started(self)
+                self.state = "rom"
+                await self.handle(frame)
+            return                          # the ROM has not locked onto the baud rate yet
+        if direction != 0:
+            if self.stub:
+                self.reply(op, code=self.error_code("command"))
+            return
+        if self.stub and self._deferred is not None:
+            self.reply(op, code=self.error_code(self._deferred))
+            self._deferred = None
+            return
+        try:
+            if size != len(payload):
+                raise _Refused("message")
+            value, data = await self._dispatch(op, payload, chk)
+        except _Refused as refusal:
+            self._after_reply = None
+            self.reply(op, code=self.error_code(refusal.kind))
+        except _Silent:
+            pass
+        else:
+            self.reply(op, value, data)
+        if self._after_reply is not None:             # the stub works after answering
+            work, self._after_reply = self._after_reply, None
+            await self.writer.drain()
+            try:
+                await work()
+            except _Refused as refusal:
+                self._deferred = refusal.kind
+
+    async def _dispatch(self, op: int, payload: bytes, chk: int) -> tuple[int, bytes]:
+        handler = _HANDLERS.get(op)
+        if handler is None or (op >= _ERASE_FLASH and not self.stub) or (
+                op == _READ_FLASH_SLOW and self.stub):
+            raise _Refused("command")
+        result = handler(self, payload, chk)
+        if inspect.isawaitable(result):
+            result = await result
+        return result if result is not None else (0, b"")
+
+    # -- flash access (every byte goes through FlashFile) --
+
+    def _flash_limit(self) -> int:
+        return min(self._flash_size_param, self.flash.size)
+
+    def _need_flash(self) -> None:
+        if not self._attached:
+            raise _Refused("flash")
+
+    def _check_range(self, address: int, length: int, kind: str = "flash") -> None:
+        if address < 0 or length < 0 or address + length > self._flash_limit():
+            raise _Refused(kind)
+
+    def _erase(self, address: int, length: int) -> None:
+        if address % SECTOR:
+            raise _Refused("flash")
+        length = -(-length // SECTOR) * SECTOR
+        self._check_range(address, length)
+        if length:
+            self.flash.erase(address, length)
+
+    def _program(self, address: int, data: bytes) -> None:
+        limit = self._flash_limit()
+        if address + len(data) > limit and not data[max(limit - address, 0):].strip(b"\xff"):
+            data = data[:max(limit - address, 0)]     # the last block's 0xFF padding
+        self._check_range(address, len(data))
+        if data:
+            self.flash.program(address, data)
+
+    def _stub_erase_to(self, write: _FlashWrite, target: int) -> None:
+        """The stub erases just ahead of the data: 64 KB blocks where aligned, else sectors."""
+        target = min(target, write.erase_end)
+        while write.erased_to < target:
+            step = _BLOCK_64K if (write.erased_to % _BLOCK_64K == 0
+                                  and write.erase_end - write.erased_to >= _BLOCK_64K) else SECTOR
+            self._erase(write.erased_to, step)
+            write.erased_to += step
+
+    def _write_data(self, write: _FlashWrite, data: bytes) -> None:
+        if self.stub:
+            data = data[:write.remaining]
+            self._stub_erase_to(write, write.address + len(data))
+        self._program(write.address, data)
+        write.address += len(data)
+        write.remaining = max(write.remaining - len(data), 0)
+
+    def _data_block(self, payload: bytes, chk: int, max_block: int,
+                    verify: bool = True) -> tuple[int, bytes]:
+        """Check a _DATA request (length, sequence, 0, 0, data): (sequence, data)."""
+        if len(payload) < _DATA_HEADER.size:
+            raise _Refused("message")
+        length, seq, _, _ = _DATA_HEADER.unpack_from(payload)
+        data = payload[_DATA_HEADER.size:]
+        if length != len(data):
+            raise _Refused("too_much" if self.stub else "message")
+        if len(data) > max_block:
+            raise _Refused("message")
+        if verify and _checksum(data) != chk & 0xFF:
+            raise _Refused("checksum")
+        return seq, data
+
+    # -- handlers: (value, data) or None; raise _Refused / _Silent --
+
+    def on_sync(self, payload: bytes, chk: int) -> tuple[int, bytes]:
+        if payload != _SYNC_PAYLOAD:
+            raise _Silent()
+        value = 0 if self.stub else _ROM_SYNC_VALUE
+        for _ in range(7):
+            self.reply(_SYNC, value)
+        return value, b""
+
+    def on_read_reg(self, payload: bytes, chk: int) -> tuple[int, bytes]:
+        if len(payload) != 4:
+            raise _Refused("message")
+        return self.regs.read(struct.unpack("<I", payload)[0]), b""
+
+    def on_write_reg(self, payload: bytes, chk: int) -> None:
+        if not payload or len(payload) % 16:
+            raise _Refused("message")
+        for addr, value, mask, _delay_us in struct.iter_unpack("<IIII", payload):
+            self.regs.write(addr, value, mask)
+
+    def on_spi_attach(self, payload: bytes, chk: int) -> None:
+        if len(payload) != (4 if self.stub else 8):   # the ROM takes an extra "is legacy" word
+            raise _Refused("message")
+        self._attached = True
+
+    def on_spi_set_params(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 24:
+            raise _Refused("message")
+        _id, total_size, _block, _sector, _page, _mask = struct.unpack("<6I", payload)
+        self._flash_size_param = total_size
+
+    def on_change_baudrate(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 8:
+            raise _Refused("message")
+        baud, _old = struct.unpack("<II", payload)
+        apb = _STUB_APB_HZ if self.stub else _XTAL_HZ   # TCP has no baud rate: only the register
+        self.regs.write(_UART0_CLKDIV, self.regs.clock_divider(apb, baud), 0xFFFFFFFF)
+
+    def on_security_info(self, payload: bytes, chk: int) -> None:
+        raise _Refused("not_implemented")             # the ESP32 has no GET_SECURITY_INFO
+
+    def on_flash_begin(self, payload: bytes, chk: int, compressed: bool = False) -> None:
+        if len(payload) not in ((16, 20) if self.stub else (16,)):
+            raise _Refused("message")
+        size, blocks, block_size, offset = struct.unpack_from("<IIII", payload)
+        self._write = None
+        if self.stub:
+            start = offset - offset % SECTOR
+            write = _FlashWrite(offset, size, block_size, blocks, erased_to=start,
+                                erase_end=-(-(offset + size) // SECTOR) * SECTOR)
+            if size:
+                self._stub_erase_to(write, start + 1)   # the stub starts the first erase
+        else:
+            if size:
+                self._need_flash()
+            self._erase(offset, size)                  # the ROM erases everything up front
+            write = _FlashWrite(offset, size if compressed else blocks * block_size,
+                                block_size, blocks)
+        if compressed:
+            write.inflater = zlib.decompressobj()
+        self._write = write
+
+    def on_flash_data(self, payload: bytes, chk: int, compressed: bool = False) -> None:
+        if len(payload) < _DATA_HEADER.size:
+            raise _Refused("message")
+        write = self._write
+        if write is None or (write.inflater is not None) != compressed:
+            raise _Refused("not_in_flash_mode")
+        seq, data = self._data_block(payload, chk,
+                                     _STUB_MAX_BLOCK if self.stub else _ROM_MAX_BLOCK)
+        if self.stub:
+            if compressed and write.remaining == 0:
+                raise _Refused("too_much")
+
+            async def work() -> None:
+                self._flash_data_work(write, data)
+            self._after_reply = work
+            return
+        if seq != write.next_seq or seq >= write.blocks or len(data) > write.block_size:
+            raise _Refused("message")
+        self._flash_data_work(write, data)
+        write.next_seq += 1
+
+    def _flash_data_work(self, write: _FlashWrite, data: bytes) -> None:
+        if write.inflater is None:
+            self._write_data(write, data)
+            return
+        try:
+            out = write.inflater.decompress(data)
+        except zlib.error:
+            raise _Refused("inflate") from None
+        if len(out) > write.remaining:
+            raise _Refused("inflate" if not self.stub else "too_much")
+        self._write_data(write, out)
+
+    def on_flash_end(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 4:
+            raise _Refused("message")
+        stay = struct.unpack("<I", payload)[0]
+        if self.stub:
+            if self._write is None:
+                raise _Refused("not_in_flash_mode")
+            if self._write.remaining:
+                raise _Refused("message")
+            self._write = None
+            if not stay:           # a soft reset out of the stub lands in the ROM loader again
+
+                async def back_to_rom() -> None:
+                    self.reset_chip()                  # needs a SYNC again, like the real ROM
+                self._after_reply = back_to_rom
+            return
+        self._write = None
+
+        async def run_user_code() -> None:             # the ROM leaves the loader either way
+            await self.rom._leave_loader(self, "app")
+        self._after_reply = run_user_code
+
+    def on_md5(self, payload: bytes, chk: int) -> tuple[int, bytes]:
+        if len(payload) != 16:
+            raise _Refused("message")
+        address, size, _, _ = struct.unpack("<IIII", payload)
+        if not self.stub:
+            self._need_flash()
+        self._check_range(address, size)
+        digest = hashlib.md5(self.flash.read(address, size))
+        return 0, digest.digest() if self.stub else digest.hexdigest().encode()
+
+    def on_read_flash_slow(self, payload: bytes, chk: int) -> tuple[int, bytes]:
+        if len(payload) != 8:
+            raise _Refused("message")
+        address, length = struct.unpack("<II", payload)
+        self._need_flash()
+        if length > 64:
+            raise _Refused("read_length")
+        self._check_range(address, length, "read")
+        return 0, self.flash.read(address, length).ljust(64, b"\x00")  # always a 64-byte buffer
+
+    def on_read_flash(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 16:
+            raise _Refused("message")
+        address, length, packet_size, _in_flight = struct.unpack("<IIII", payload)
+
+        async def stream() -> None:
+            # The stub answers first, then streams packets, one un-acked packet at a time
+            # whatever the host asks for, and ends with the MD5 of what it sent.
+            if packet_size > _STUB_MAX_READ_PACKET or packet_size == 0:
+                raise _Refused("message")
+            self._check_range(address, length)
+            digest = hashlib.md5()
+            sent = acked = 0
+            while acked < length:
+                if sent < length and sent == acked:
+                    chunk = self.flash.read(address + sent, min(packet_size, length - sent))
+                    digest.update(chunk)
+                    self.send_frame(chunk)
+                    await self.writer.drain()
+                    sent += len(chunk)
+                    continue
+                ack = await self.next_frame(ACK_TIMEOUT_S)
+                if ack is None or len(ack) != 4:
+                    break
+                acked = struct.unpack("<I", ack)[0]
+            self.send_frame(digest.digest())
+        self._after_reply = stream
+
+    def on_erase_flash(self, payload: bytes, chk: int) -> None:
+        self.flash.erase(0, self.flash.size)           # chip erase: the whole chip, whatever the
+                                                       # size parameter says
+
+    def on_erase_region(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 8:
+            raise _Refused("message")
+        address, size = struct.unpack("<II", payload)
+        if address % SECTOR or size % SECTOR:
+            raise _Refused("message")
+        self._erase(address, size)
+
+    def on_run_user_code(self, payload: bytes, chk: int) -> None:
+        self._after_reply = lambda: self.rom._leave_loader(self, "app")
+        raise _Silent()                                # no answer: the stub just jumps
+
+    def on_mem_begin(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 16:
+            raise _Refused("message")
+        size, _blocks, _block_size, address = struct.unpack("<IIII", payload)
+        segments = self._ram.segments if self._ram else {}
+        segments[address] = bytearray()
+        self._ram = _RamLoad(address, size, segments=segments)
+
+    def on_mem_data(self, payload: bytes, chk: int) -> None:
+        ram = self._ram
+        if ram is None:
+            raise _Refused("not_in_flash_mode")
+        # the stub takes any block size and does not check MEM_DATA's checksum
+        seq, data = self._data_block(payload, chk, 0xFFFF if self.stub else _ROM_MAX_BLOCK,
+                                     verify=not self.stub)
+        if len(data) > ram.remaining or (not self.stub and seq != ram.next_seq):
+            raise _Refused("too_much" if self.stub else "message")
+        ram.segments[ram.address] += data
+        ram.remaining -= len(data)
+        ram.next_seq += 1
+
+    def on_mem_end(self, payload: bytes, chk: int) -> None:
+        if len(payload) != 8:
+            raise _Refused("message")
+        no_entry, entry = struct.unpack("<II", payload)
+        ram = self._ram
+        if ram is None:
+            raise _Refused("not_in_flash_mode")
+        if no_entry:
+            return
+        self._ram = None
+        if self.stub:
+            self._after_reply = lambda: self.rom._leave_loader(self, "ram")
+            return
+        is_stub = self._is_flasher_stub(ram, entry)
+
+        async def jump() -> None:
+            if is_stub:
+                self.state = "stub"
+                self._attached = True                  # the stub attaches the flash itself
+                self.regs.write(_UART0_CLKDIV, self.regs.clock_divider(_STUB_APB_HZ, _ROM_BAUD),
+                                0xFFFFFFFF)
+                self.send_frame(_OHAI)
+            else:
+                await self.rom._leave_loader(self, "ram")
+        self._after_reply = jump
+
+    @staticmethod
+    def _is_flasher_stub(ram: _RamLoad, entry: int) -> bool:
+        known = _known_stub_digests()
+        for address, data in ram.segments.items():
+            if address <= entry < address + len(data):
+                return not known or hashlib.sha256(data).digest() in known
+        return False
+
+
+_HANDLERS: dict[int, Callable[..., object]] = {
+    _SYNC: _Session.on_sync,
+    _READ_REG: _Session.on_read_reg,
+    _WRITE_REG: _Session.on_write_reg,
+    _SPI_ATTACH: _Session.on_spi_attach,
+    _SPI_SET_PARAMS: _Session.on_spi_set_params,
+    _CHANGE_BAUDRATE: _Session.on_change_baudrate,
+    _GET_SECURITY_INFO: _Session.on_security_info,
+    _FLASH_BEGIN: _Session.on_flash_begin,
+    _FLASH_DATA: _Session.on_flash_data,
+    _FLASH_END: _Session.on_flash_end,
+    _FLASH_DEFL_BEGIN: lambda s, p, c: s.on_flash_begin(p, c, compressed=True),
+    _FLASH_DEFL_DATA: lambda s, p, c: s.on_flash_data(p, c, compressed=True),
+    _FLASH_DEFL_END: _Session.on_flash_end,
+    _SPI_FLASH_MD5: _Session.on_md5,
+    _READ_FLASH_SLOW: _Session.on_read_flash_slow,
+    _MEM_BEGIN: _Session.on_mem_begin,
+    _MEM_DATA: _Session.on_mem_data,
+    _MEM_END: _Session.on_mem_end,
+    _ERASE_FLASH: _Session.on_erase_flash,
+    _ERASE_REGION: _Session.on_erase_region,
+    _READ_FLASH: _Session.on_read_flash,
+    _RUN_USER_CODE: _Session.on_run_user_code,
+}
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+class RomBootloader:
+    """The ESP32 ROM download mode of one virtual board, served to one TCP client at a time.
+
+    ``on_session_start`` runs when a client has connected and synced (the board stops its
+    firmware: the chip is now in the download ROM); ``on_session_end`` when the ROM session is
+    over: the client disconnected, the loader was told to run user code, or a power cut
+    (``PowerCut`` from the flash's fault hook) dropped the link. Both may be plain functions or
+    coroutine functions; they run in the server's event loop. ``stop()`` does not call them.
+    The server keeps accepting clients after a power cut (esptool reconnects and retries, as
+    with a real board): a board whose power stays off should ``stop()`` its bootloader.
+    """
+
+    def __init__(self, flash: FlashFile, board: Board, serial: int, *,
+                 on_session_start: SessionCallback | None = None,
+                 on_session_end: SessionCallback | None = None) -> None:
+        if board.chip != "esp32":
+            raise ValueError("RomBootloader emulates the ESP32 ROM, board %s has a %s"
+                             % (board.name, board.chip))
+        if flash.size != board.flash_size:
+            raise ValueError("flash file is %d bytes, board %s has %d"
+                             % (flash.size, board.name, board.flash_size))
+        if not 0 <= serial < 1 << 24:
+            raise ValueError("serial must fit the 3 MAC bytes after the prefix (0..0xFFFFFF)")
+        if len(board.mac_prefix) != 3:
+            raise ValueError("board %s: mac_prefix must be 3 bytes" % board.name)
+        self.flash = flash
+        self.board = board
+        self._mac = bytes(board.mac_prefix) + serial.to_bytes(3, "big")
+        self._on_start = on_session_start
+        self._on_end = on_session_end
+        self._servers: list[asyncio.AbstractServer] = []
+        self._active: _Session | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._synced: set[_Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port: int | None = None
+        self.rfc2217_port: int | None = None
+
+    @property
+    def mac(self) -> bytes:
+        """The factory MAC in eFuse (esptool's "MAC:" line)."""
+        return self._mac
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve the raw ROM protocol (esptool's ``socket://``); returns the bound port."""
+        server = await asyncio.start_server(self._on_connect, host, port)
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def start_rfc2217(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve the chip behind an RFC 2217 port with a DevKitC auto-reset circuit (esptool's
+        ``rfc2217://``, default reset sequences work); returns the bound port."""
+        server = await asyncio.start_server(self._on_connect_rfc2217, host, port)
+        self._servers.append(server)
+        self.rfc2217_port = server.sockets[0].getsockname()[1]
+        return self.rfc2217_port
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def _claim(self, session: _Session) -> bool:
+        """One client at a time, like an exclusively opened serial port. A client arriving
+        just as the previous one hangs up gets a moment for that hang-up to be processed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER_TIMEOUT_S
+        while self._active is not None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                log.info("refusing a second client: the port is in use")
+                session.writer.close()
+                return False
+        self._active = session
+        self._idle.clear()
+        return True
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        if await self._claim(session):
+            await self._run(session)
+
+    async def _on_connect_rfc2217(self, reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        if await self._claim(session):
+            _Rfc2217Port(self, session, writer)
+            await self._run(session)
+
+    async def _run(self, session: _Session) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await session.serve()
+        except PowerCut:
+            log.info("power cut during a ROM session: link dropped")
+        except ConnectionError:
+            pass
+        except asyncio.CancelledError:
+            self._synced.discard(session)             # stop(): no callbacks
+            raise
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            session.writer.close()
+            self._active = None
+            self._idle.set()
+        await self._session_ended(session)
+
+    async def _session_started(self, session: _Session) -> None:
+        if session in self._synced:
+            return
+        self._synced.add(session)
+        await _call(self._on_start, "on_session_start")
+
+    async def _session_ended(self, session: _Session) -> None:
+        if session in self._synced:
+            self._synced.discard(session)
+            await _call(self._on_end, "on_session_end")
+
+    async def _leave_loader(self, session: _Session, state: str) -> None:
+        """The loader stops answering: it jumped to user code in flash ("app") or RAM ("ram")."""
+        session.state = state
+        if state == "app":
+            await self._session_ended(session)
+
+
+async def _call(callback: SessionCallback | None, name: str) -> None:
+    if callback is None:
+        return
+    try:
+        result = callback()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("%s callback failed", name)
+
+
+# --- RFC 2217 with a DevKitC auto-reset circuit ---------------------------------------------------
+
+_ROM_BANNER = b"ets Jul 29 2019 12:21:46\r\n\r\n"
+_DOWNLOAD_BOOT = (b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
+                  b"\r\nwaiting for download\r\n")
+_FLASH_BOOT = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+
+
+class _ModemLines:
+    """The serial port object pyserial's PortManager drives. On a DevKitC, RTS pulls EN low
+    and DTR pulls GPIO0 low; but RFC 2217 delivers each line change a network round trip (in
+    pyserial's client at least 50 ms) apart, so transient line states last far longer than the
+    board's EN delay masks. Like esptool's esp_rfc2217_server, the sequences are therefore
+    recognised by intent: asserting DTR starts a reset into the download ROM (esptool's
+    classic reset), releasing RTS outside that sequence is a hard reset into the firmware,
+    releasing DTR ends the sequence."""
+
+    def __init__(self, on_reset: Callable[[bool], None]) -> None:
+        self._on_reset = on_reset
+        self._dtr = False
+        self._rts = False
+        self._download_sequence = False
+        self.baudrate = _ROM_BAUD
+        self.bytesize = 8
+        self.parity = "N"
+        self.stopbits = 1
+        self.xonxoff = False
+        self.rtscts = False
+        self.break_condition = False
+        self.cts = self.dsr = self.ri = self.cd = False
+
+    @property
+    def dtr(self) -> bool:
+        return self._dtr
+
+    @dtr.setter
+    def dtr(self, value: bool) -> None:
+        self._dtr = bool(value)
+        if not self._dtr:
+            self._download_sequence = False
+        elif not self._download_sequence:
+            self._download_sequence = True
+            self._on_reset(True)                 # EN pulsed with GPIO0 held low
+
+    @property
+    def rts(self) -> bool:
+        return self._rts
+
+    @rts.setter
+    def rts(self, value: bool) -> None:
+        self._rts = bool(value)
+        if not self._rts and not self._download_sequence:
+            self._on_reset(False)                # EN pulsed, GPIO0 high: boot from flash
+
+    def reset_input_buffer(self) -> None:
+        pass
+
+    def reset_output_buffer(self) -> None:
+        pass
+
+
+class _Rfc2217Port:
+    """Telnet/RFC 2217 framing around a session whose chip runs its firmware until a reset
+    with GPIO0 low starts the download ROM."""
+
+    def __init__(self, rom: RomBootloader, session: _Session,
+                 writer: asyncio.StreamWriter) -> None:
+        from serial.rfc2217 import PortManager   # pyserial is esptool's dependency
+
+        self.rom = rom
+        self.session = session
+        self.lines = _ModemLines(self._reset)
+        self.manager = PortManager(self.lines, _TelnetConnection(writer))
+        session.frame_filter = lambda data: b"".join(self.manager.filter(data))
+        session.wire_escape = lambda data: b"".join(self.manager.escape(data))
+        session.state = "app"           # the board runs its firmware until reset into the ROM
+
+    def _reset(self, download: bool) -> None:
+        session = self.session
+        session.reset_chip()
+        session.drop_input()
+        session.state = "reset"         # in reset until the boot below runs
+        task = asyncio.ensure_future(self._boot(download))
+        self.rom._tasks.add(task)
+        task.add_done_callback(self.rom._tasks.discard)
+
+    async def _boot(self, download: bool) -> None:
+        session = self.session
+        session.send_raw(_ROM_BANNER + (_DOWNLOAD_BOOT if download else _FLASH_BOOT))
+        if download:
+            session.state = "waiting"
+            await self.rom._session_started(session)     # firmware stops: the ROM waits for SYNC
+        else:
+            session.state = "app"
+            await self.rom._session_ended(session)       # the board boots its firmware again
+
+
+class _TelnetConnection:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+
+# --- running a bootloader beside synchronous code (tests, scripts) --------------------------------
+
+@contextlib.contextmanager
+def serve_in_thread(flash: FlashFile, board: Board, serial: int, *, host: str = "127.0.0.1",
+                    port: int = 0, rfc2217: bool = False,
+                    on_session_start: SessionCallback | None = None,
+                    on_session_end: SessionCallback | None = None,
+                    start_timeout_s: float = 5.0) -> Iterator[RomBootloader]:
+    """Run a RomBootloader on its own event loop in a daemon thread, for as long as the
+    ``with`` block lasts; ``.port`` (and ``.rfc2217_port`` with ``rfc2217=True``) say where.
+    Callbacks run in that thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="rom-bootloader", daemon=True)
+    thread.start()
+    rom = RomBootloader(flash, board, serial, on_session_start=on_session_start,
+                        on_session_end=on_session_end)
+    try:
+        asyncio.run_coroutine_threadsafe(rom.start(host, port), loop).result(start_timeout_s)
+        if rfc2217:
+            asyncio.run_coroutine_threadsafe(rom.start_rfc2217(host, 0), loop).result(
+                start_timeout_s)
+        yield rom
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(rom.stop(), loop).result(start_timeout_s)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(start_timeout_s)
+            loop.close()
