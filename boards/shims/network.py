@@ -4,9 +4,9 @@
 # WLAN state lives in the board process (boards/hardware.py): connect() takes wifi_connect_s of
 # simulated time, and while the world makes the WiFi "lost" isconnected() is False and status()
 # is STAT_CONNECTING (the port keeps reconnecting) until the link is back. Losing the link does
-# not stop sockets here: packet loss is injected by the UDP relay between node and gateway
-# (boards/netem.py), which the board core cuts while the world's "wifi_lost" fault lasts
-# (BoardHardware.wifi_listeners also tells of losses injected with BoardHardware.wifi_lost()).
+# not stop sockets here: a test that needs the packets lost too puts a UDP relay between node
+# and gateway (boards/netem.py) and sets its `down` flag for as long as the loss lasts
+# (BoardHardware.wifi_listeners tells of losses, e.g. to drive such a relay).
 # Without a board (VBOARD_BUS unset) connect() succeeds at once and the link never drops.
 import _vbus
 

@@ -1,0 +1,20 @@
+"""The application as deployed: compiled with mpy-cross, and it still runs on the VM."""
+
+from boards.vm import run_source
+from fleet.appbuild import SOURCE_ONLY, build_app
+
+
+def test_modules_compile_and_the_compiled_protocol_stack_runs(tmp_path):
+    files = build_app()
+    assert set(SOURCE_ONLY) <= set(files)
+    assert "lib/oscore.mpy" in files and "lib/oscore.py" not in files
+    assert all(k.endswith(".mpy") for k in files if k not in SOURCE_ONLY)
+    assert all(v[:1] == b"M" for k, v in files.items() if k.endswith(".mpy"))  # mpy header
+    for name, data in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    proc = run_source("import cbor, senml\nprint(senml.encode([('level', 7)]).hex())",
+                      path=[".frozen", tmp_path / "lib", tmp_path])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.strip() == b"81a200656c6576656c0207"  # [{0: "level", 2: 7}]
