@@ -660,16 +660,21 @@ class BoardHardware:
             return 1 if device.pin_input(gpio, now) else 0
         return 1 if pull == PULL_UP else 0      # floating inputs read low
 
-    def _op_pin_in(self, gpio: int, pull: int) -> int:
-        level = self._level(gpio, pull, self.world.now())
+    def _at(self, at_us: int | None) -> float:
+        """The simulated time of an operation: the VM's stamp when it sent one (pin timing
+        must not depend on how fast this process answers), else now."""
+        return self.world.now() if at_us is None else at_us / 1e6
+
+    def _op_pin_in(self, gpio: int, pull: int, at_us: int | None = None) -> int:
+        level = self._level(gpio, pull, self._at(at_us))
         self._check_edge(gpio, level)
         return level
 
-    def _op_pin_out(self, gpio: int, level: int) -> None:
+    def _op_pin_out(self, gpio: int, level: int, at_us: int | None = None) -> None:
         self.pin_outputs[gpio] = level
         device = self._pins.get(gpio)
         if device is not None:
-            device.pin_output(gpio, level, self.world.now())
+            device.pin_output(gpio, level, self._at(at_us))
 
     def _op_pin_irq(self, gpio: int, trigger: int, pull: int) -> int:
         level = self._level(gpio, pull, self.world.now())
@@ -698,11 +703,12 @@ class BoardHardware:
             for gpio, armed in list(self._irq.items()):
                 self._check_edge(gpio, self._level(gpio, armed[1], now))
 
-    def _op_pulse(self, gpio: int, level: int, timeout_us: int) -> int:
+    def _op_pulse(self, gpio: int, level: int, timeout_us: int,
+                  at_us: int | None = None) -> int:
         device = self._pins.get(gpio)
         if device is None:
             return -1 if self._level(gpio, 0, 0.0) == level else -2
-        result = device.pulse_us(gpio, level, timeout_us, self.world.now())
+        result = device.pulse_us(gpio, level, timeout_us, self._at(at_us))
         # models/base.py says -1: no start, -2: no end; machine.time_pulse_us returns the
         # opposite (-2: timed out waiting for the pulse, -1: timed out measuring it)
         return {-1: -2, -2: -1}.get(result, result)

@@ -135,7 +135,9 @@ def _fill(timeout_ms):
     global _rx
     if timeout_ms >= 0 and not _poller.poll(timeout_ms):
         return False
-    data = _sock.recv(8192)
+    # recv allocates its buffer size on every call: keep it near a typical reply, not 8 KB
+    # (a longer reply simply takes more than one call).
+    data = _sock.recv(512)
     if not data:
         _host_gone()
     _rx += data

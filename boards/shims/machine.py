@@ -89,7 +89,7 @@ class Pin(PinBase):
         s = self._s
         if not s[3]:
             if _board:
-                _call("pin_out", self._id, s[2])
+                _call("pin_out", self._id, s[2], _vbus.now_us())
             s[3] = True
 
     def value(self, x=None):
@@ -99,7 +99,7 @@ class Pin(PinBase):
                 return s[2]
             if not _board:      # nothing attached: the pull decides, floating reads low
                 return 1 if s[1] == 2 else 0
-            return _call("pin_in", self._id, s[1])
+            return _call("pin_in", self._id, s[1], _vbus.now_us())
         level = 1 if x else 0
         if level != s[2]:
             s[2] = level
@@ -187,10 +187,12 @@ class Signal:
 
 def time_pulse_us(pin, pulse_level, timeout_us=1000000):
     # The board asks the pin's model for the pulse; the simulated time it takes passes here.
+    # Pin operations carry the VM's own clock, so the model sees the trigger and the start of
+    # the measurement as far apart as this code had them, however late the bus delivers.
     gpio = _gpio(pin)
     level = 1 if pulse_level else 0
     if _board:
-        result = _call("pulse", gpio, level, timeout_us)
+        result = _call("pulse", gpio, level, timeout_us, _vbus.now_us())
     else:
         result = -1 if Pin(gpio).value() == level else -2
     _vbus.wait_us(result if result >= 0 else timeout_us)
