@@ -18,5 +18,5 @@ class FrameError(GatewayError):
         self.detail = detail
 
 
-class ForwardError(GatewayError):
-    """A reading could not be handed to the MQTT broker."""
+class StartError(GatewayError):
+    """The gateway cannot start (state folder, registry); the message says what to fix."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import cbor2
 
@@ -19,8 +19,7 @@ _VALUE_LABEL = {"v": _V, "vs": _VS, "vb": _VB}
 _ALLOWED_LABELS = {_BT, _N, _V, _VS, _VB, _T}
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     name: str
     value: int | bool | str  # in the wire unit
     time: float              # absolute, seconds since 1970
@@ -42,6 +41,20 @@ def _number(x: object, what: str) -> int | float:
     raise FrameError("bad_time", "%s must be a number, not %s" % (what, type(x).__name__))
 
 
+_VALUE_LABELS = frozenset((_V, _VS, _VB))
+_ALLOWED = frozenset(_ALLOWED_LABELS)
+_CHECK = {"v": _is_int, "vb": lambda x: x is True or x is False, "vs": lambda x: type(x) is str}
+# name -> (value label, kind, value check), resolved once
+_BY_NAME = {q.name: (_VALUE_LABEL[q.kind], q.kind, _CHECK[q.kind]) for q in BY_NAME.values()}
+
+
+def _label_error(rec: dict, where: str) -> FrameError:
+    if _BN in rec:
+        return FrameError("bad_senml", "%s has a base name; the key id names the device" % where)
+    return FrameError("bad_senml", "%s has labels not allowed here: %s"
+                      % (where, sorted(set(rec) - _ALLOWED_LABELS, key=repr)))
+
+
 def decode(payload: bytes, received_at: float) -> list[Record]:
     """Validate a node's SenML-CBOR payload and resolve it into records with absolute times."""
     if len(payload) > MAX_PAYLOAD:
@@ -50,63 +63,81 @@ def decode(payload: bytes, received_at: float) -> list[Record]:
         data = cbor2.loads(payload)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise FrameError("bad_cbor", str(exc) or exc.__class__.__name__) from None
-    if not isinstance(data, list) or not data:
+    if type(data) is not list or not data:
         raise FrameError("bad_senml", "payload must be a non-empty array of records")
     if len(data) > MAX_RECORDS:
         raise FrameError("bad_senml", "%d records (at most %d)" % (len(data), MAX_RECORDS))
 
     records = []
     base_time: int | float = 0
-    for index, rec in enumerate(data):
-        where = "record %d" % index
-        if not isinstance(rec, dict):
-            raise FrameError("bad_senml", "%s is not a map" % where)
-        labels = set(rec)
-        if _BN in labels:
-            raise FrameError("bad_senml", "%s has a base name; the key id names the device"
-                             % where)
-        extra = labels - _ALLOWED_LABELS
-        if extra:
-            raise FrameError("bad_senml", "%s has labels not allowed here: %s"
-                             % (where, sorted(extra, key=repr)))
+    index = 0
+    for rec in data:
+        if type(rec) is not dict:
+            raise FrameError("bad_senml", "record %d is not a map" % index)
+        keys = rec.keys()
+        if not keys <= _ALLOWED:
+            raise _label_error(rec, "record %d" % index)
         if _BT in rec:
             if index != 0:
                 raise FrameError("bad_senml", "base time only in the first record")
             base_time = _number(rec[_BT], "bt")
         name = rec.get(_N)
-        if not isinstance(name, str):
-            raise FrameError("bad_senml", "%s has no name" % where)
-        quantity = BY_NAME.get(name)
-        if quantity is None:
-            raise FrameError("unknown_name", "%s: %r is not in the vocabulary" % (where, name))
-        value_labels = labels & {_V, _VS, _VB}
-        want = _VALUE_LABEL[quantity.kind]
-        if value_labels != {want}:
-            raise FrameError("bad_value", "%s (%s) needs exactly one %s value"
-                             % (where, name, quantity.kind))
+        if type(name) is not str:
+            raise FrameError("bad_senml", "record %d has no name" % index)
+        spec = _BY_NAME.get(name)
+        if spec is None:
+            raise FrameError("unknown_name", "record %d: %r is not in the vocabulary"
+                             % (index, name))
+        want, kind, check = spec
+        if want not in rec or len(keys & _VALUE_LABELS) != 1:
+            raise FrameError("bad_value", "record %d (%s) needs exactly one %s value"
+                             % (index, name, kind))
         value = rec[want]
-        ok = {"v": _is_int, "vb": lambda x: isinstance(x, bool),
-              "vs": lambda x: isinstance(x, str)}[quantity.kind](value)
-        if not ok:
-            raise FrameError("bad_value", "%s (%s): %r is not a %s value"
-                             % (where, name, value, quantity.kind))
-        t = base_time + _number(rec.get(_T, 0), "t")
-        if abs(t) < RELATIVE_TIME_LIMIT:
+        if not check(value):
+            raise FrameError("bad_value", "record %d (%s): %r is not a %s value"
+                             % (index, name, value, kind))
+        t = rec.get(_T)
+        t = base_time if t is None else base_time + _number(t, "t")
+        if -RELATIVE_TIME_LIMIT < t < RELATIVE_TIME_LIMIT:
             t = received_at + t
         records.append(Record(name, value, float(t)))
+        index += 1
     return records
+
+
+def _json_prefixes() -> dict[str, tuple[str, str, int]]:
+    out = {}
+    for q in BY_NAME.values():
+        head = '"n":%s,' % json.dumps(q.name)
+        if q.unit:
+            head += '"u":%s,' % json.dumps(q.unit)
+        out[q.name] = (head + '"%s":' % q.kind, q.kind, q.scale)
+    return out
+
+
+_JSON = _json_prefixes()
+
+
+def _json_value(value, kind: str, scale: int) -> str:
+    if kind == "v":
+        return str(value) if scale == 1 else repr(value / scale)
+    if kind == "vb":
+        return "true" if value else "false"
+    return json.dumps(value)
 
 
 def to_json(device_id: str, records: list[Record]) -> bytes:
     """Resolved SenML JSON (RFC 8428 §5) with the device's base name on the first record."""
-    out = []
-    for i, r in enumerate(records):
-        q = BY_NAME[r.name]
-        item: dict = {"bn": "urn:dev:id:%s:" % device_id} if i == 0 else {}
-        item["n"] = r.name
-        if q.unit:
-            item["u"] = q.unit
-        item[q.kind] = r.published_value()
-        item["t"] = int(r.time) if r.time == int(r.time) else round(r.time, 3)
-        out.append(item)
-    return json.dumps(out, separators=(",", ":")).encode()
+    parts = []
+    first = True
+    for r in records:
+        head, kind, scale = _JSON[r.name]
+        t = r.time
+        ts = str(int(t)) if t == int(t) else repr(round(t, 3))
+        if first:
+            parts.append('{"bn":"urn:dev:id:%s:",%s%s,"t":%s}'
+                         % (device_id, head, _json_value(r.value, kind, scale), ts))
+            first = False
+        else:
+            parts.append("{%s%s,\"t\":%s}" % (head, _json_value(r.value, kind, scale), ts))
+    return ("[" + ",".join(parts) + "]").encode()

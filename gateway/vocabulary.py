@@ -56,7 +56,13 @@ TABLE: tuple[Quantity, ...] = (
     Quantity("uptime", "s", "s", 1, "v", _ALL, "seconds since boot"),
     Quantity("heap", "B", "B", 1, "v", _ALL, "free heap"),
     Quantity("faults", "bits", "", 1, "v", _ALL, "sensor fault bitmask"),
+    # downlink acknowledgements (docs/protocol.md §8): consumed by the gateway, not published
+    Quantity("ack", "id", "", 1, "v", _ALL, "downlink command carried out; the value is its id"),
+    Quantity("rej", "id", "", 1, "v", _ALL, "downlink command refused; the value is its id"),
 )
+
+# Records the gateway consumes itself instead of publishing them with the readings.
+CONTROL_NAMES = frozenset(("ack", "rej"))
 
 BY_NAME: dict[str, Quantity] = {q.name: q for q in TABLE}
 

@@ -37,6 +37,21 @@ def test_minimal_file_loads(tmp_path):
     (lambda t: t + "\n[extra]\n", "unknown section"),
     (lambda t: t.replace('url = "sqlite:///fleet.db"', ""), "[registry] needs url"),
     (lambda t: t.replace("[coap]", "[coap"), "not valid TOML"),
+    (lambda t: t + '\n[spool]\nwhen_full = "ignore"\n', "one of reject, drop_oldest"),
+    (lambda t: t + "\n[spool]\nmax_rows = 5\n", "between 100"),
+    (lambda t: t + "\n[files]\nblock_size = 100\n", "power of two"),
+    (lambda t: t + "\n[neighbours]\nlevel = 150\n", "between 0 and 100"),
+    (lambda t: t + "\n[neighbours]\nenabled = 1\n", "must be bool"),
+    (lambda t: t + "\n[downlink]\ndefault_ttl_s = 0\n", "default_ttl_s"),
+    (lambda t: t.replace('prefix = "city"', 'prefix = "city"\nca_file = "/x"'),
+     "need an mqtts:// url"),
+    (lambda t: t.replace('prefix = "city"', 'prefix = "city"\npassword = "x"'),
+     "needs a username"),
+    (lambda t: t.replace('prefix = "city"', 'prefix = "city"\ncert_file = "/x"')
+     .replace("mqtt://", "mqtts://"), "go together"),
+    (lambda t: t + '\n[gateway]\nid = "gw 1"\n', "[gateway] id"),
+    (lambda t: t + '\n[outputs]\nhome_assistant_prefix = "ha/#"\n', "wildcards"),
+    (lambda t: t + '\n[log]\nformat = "xml"\n', "text, json"),
 ])
 def test_mistakes_are_named(tmp_path, edit, message):
     path = tmp_path / "gw.toml"
@@ -57,3 +72,13 @@ def test_check_config(tmp_path, capsys):
     path.write_text(GOOD)
     assert gateway_main(["check-config", "--config", str(path)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_every_optional_section_has_defaults(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text(GOOD.replace("mqtt://", "mqtts://"))
+    cfg = config.load(path)
+    assert cfg.mqtt.tls and cfg.mqtt.port == 1884
+    assert (cfg.spool.when_full, cfg.downlink.max_pending, cfg.neighbours.enabled) == (
+        "reject", 8, False)
+    assert cfg.files_dir == cfg.state_dir / "files"

@@ -22,4 +22,6 @@ TABLE = (
     ('uptime', 's', 's', 1, 'v', 'lighting,parking,shaft'),
     ('heap', 'B', 'B', 1, 'v', 'lighting,parking,shaft'),
     ('faults', 'bits', '', 1, 'v', 'lighting,parking,shaft'),
+    ('ack', 'id', '', 1, 'v', 'lighting,parking,shaft'),
+    ('rej', 'id', '', 1, 'v', 'lighting,parking,shaft'),
 )
