@@ -6,6 +6,8 @@ compiled to .mpy, which loads faster and takes less heap than compiling source o
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -45,3 +47,18 @@ def build_app(source: Path = FIRMWARE, *, compiled: bool = True) -> dict[str, by
         else:
             files[rel[:-3] + ".mpy"] = compile_module(path, rel)
     return files
+
+
+def app_version(files: dict[str, bytes], source: Path = FIRMWARE) -> str:
+    """"0.1.0+3f2a9c1d": the APP_VERSION the node reports, plus the first 8 hex digits of a
+    hash over the built files, so two builds of one version number are told apart."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    declared = "unversioned"
+    for path in sorted(source.rglob("*.py")):
+        match = re.search(r'^APP_VERSION\s*=\s*"([^"]+)"', path.read_text(errors="replace"), re.M)
+        if match:
+            declared = match.group(1)
+            break
+    return "%s+%s" % (declared, digest.hexdigest()[:8])

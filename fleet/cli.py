@@ -1,18 +1,21 @@
-"""`fleet`: the device registry from the command line.
+"""`fleet`: the device registry, site profiles, provisioning and the development push.
 
-Commands only parse arguments and call one function of fleet.registry; scripts and tests use
-those functions directly.
+Commands only parse arguments and call one function (fleet.registry, fleet.provision,
+fleet.batch, fleet.push, fleet.firmware); scripts and tests use those functions directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import logging
 import sys
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleet.errors import FleetError
 from fleet.registry import Registry, RegistryError, export_oscore, registry_url
 from gateway.vocabulary import ROLES
 
@@ -38,11 +41,10 @@ def _cmd_device_list(reg: Registry, args: argparse.Namespace) -> int:
     if not devices:
         print("no devices registered in %s" % reg.url)
         return 0
-    columns = ("id", "role", "site", "kid", "provisioned_at")
-    widths = [max(len(c), *(len(str(d[c] or "-")) for d in devices)) for c in columns]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)))
     for d in devices:
-        print("  ".join(str(d[c] or "-").ljust(w) for c, w in zip(columns, widths)))
+        d["provisioned_at"] = (d["provisioned_at"] or "-")[:19]
+    _print_table(devices, ("id", "role", "site", "kid", "mac", "provision_status",
+                           "provisioned_at", "firmware_version", "app_version"))
     return 0
 
 
@@ -57,6 +59,288 @@ def _cmd_device_export_oscore(reg: Registry, args: argparse.Namespace) -> int:
           "gets 'Replay detected' and the device skips ahead (docs/protocol.md §6)"
           % args.seq_start)
     return 0
+
+
+# --- sites ------------------------------------------------------------------------------------
+
+def _cmd_site_set(reg: Registry, args: argparse.Namespace) -> int:
+    fields = {"wifi_ssid": args.wifi_ssid, "mqtt_url": args.mqtt, "mqtt_prefix": args.prefix,
+              "board": args.board, "firmware": args.firmware}
+    if args.board:
+        _board(args.board)
+    if args.gateway:
+        host, sep, port = args.gateway.rpartition(":")
+        if not sep:
+            host, port = args.gateway, ""
+        fields["gateway_host"] = host
+        if port:
+            fields["gateway_port"] = _port_number(port)
+    if args.wifi_psk is not None:
+        fields["wifi_psk"] = _secret_input(args.wifi_psk, "WiFi key for site %s: " % args.name)
+    site = reg.set_site(args.name, **fields)
+    print("site %s: gateway %s, WiFi %s (key %s), MQTT %s prefix %s" % (
+        site.name, "%s:%d" % (site.gateway_host, site.gateway_port), site.wifi_ssid or "-",
+        "set" if site.wifi_psk else "none", site.mqtt_url or "- (provisioning does not wait "
+        "for an uplink)", site.mqtt_prefix or "city"))
+    return 0
+
+
+def _cmd_site_list(reg: Registry, args: argparse.Namespace) -> int:
+    sites = [s.summary() for s in reg.sites()]
+    if args.json:
+        json.dump(sites, sys.stdout, indent=2)
+        print()
+    elif not sites:
+        print("no site profiles in %s (add one: fleet site set NAME --gateway HOST ...)"
+              % reg.url)
+    else:
+        _print_table(sites, ("name", "gateway", "wifi_ssid", "wifi_psk", "mqtt_url",
+                             "mqtt_prefix", "board", "firmware"))
+    return 0
+
+
+def _port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise FleetError("%r is not a port number" % text, "usage")
+    return port
+
+
+def _secret_input(value: str, prompt: str) -> str:
+    """A secret from the command line, or with "-" from a prompt (kept out of shell
+    history) or from the first line of stdin when it is not a terminal."""
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
+    widths = [max(len(c), *(len(str(r[c] if r[c] is not None else "-")) for r in rows))
+              for c in columns]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c] if r[c] is not None else "-").ljust(w)
+                        for c, w in zip(columns, widths)).rstrip())
+
+
+# --- firmware cache ------------------------------------------------------------------------
+
+def _cmd_firmware_add(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.firmware import add_to_cache, cache_dir, load_image
+
+    target = add_to_cache(Path(args.file), _board(args.board), cache_dir(args.firmware_cache))
+    print("added %s for board %s: %s" % (load_image(target), args.board, target))
+    return 0
+
+
+def _cmd_firmware_list(reg: Registry, args: argparse.Namespace) -> int:
+    from boards.definitions import BOARDS
+    from fleet.firmware import cache_dir, cached_images
+
+    cache = cache_dir(args.firmware_cache)
+    names = [args.board] if args.board else sorted(BOARDS)
+    print("firmware cache %s" % cache)
+    found = False
+    for name in names:
+        for image in cached_images(cache, _board(name)):
+            found = True
+            print("  %-18s %-10s %s  (%d KB)" % (name, image.version, image.path.name,
+                                                 len(image.data) // 1024))
+    if not found:
+        print("  (empty: add images with `fleet firmware add FILE --board NAME`)")
+    return 0
+
+
+def _board(name: str):
+    from boards.definitions import board
+    try:
+        return board(name)
+    except KeyError as exc:
+        raise FleetError(str(exc.args[0]), "usage") from None
+
+
+def _cmd_ports(reg: Registry, args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    if not ports:
+        print("no serial ports: plug the board in (a USB cable that carries data)")
+    for p in ports:
+        usb = "USB %04x:%04x" % (p.vid, p.pid) if p.vid is not None else "not USB"
+        print("%-16s %-14s %s" % (p.device, usb, p.description))
+    return 0
+
+
+# --- provisioning --------------------------------------------------------------------------
+
+def _settings(pairs: list[str]) -> dict:
+    """--set interval_s=60 --set shaft.depth_mm=3000 -> {"interval_s": 60, "shaft": {...}}."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise FleetError("--set %s: write KEY=VALUE (e.g. shaft.depth_mm=3000)" % pair,
+                             "usage")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        node = out
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _options(reg: Registry, args: argparse.Namespace, site_name: str | None):
+    """Board, firmware and app for a run: command line first, then the site profile."""
+    from fleet.firmware import cache_dir, find_firmware
+    from fleet.provision import Options, build_node_app
+
+    site = reg.site(site_name) if site_name else None
+    board = _board(args.board or (site.board if site and site.board else "esp32-devkitc"))
+    spec = args.firmware or (site.firmware if site else None)
+    firmware = find_firmware(spec, board, cache_dir(args.firmware_cache))
+    app = build_node_app(Path(args.app_source) if args.app_source else None)
+    return Options(board=board, firmware=firmware, app=app, rotate_key=args.rotate_key,
+                   force_firmware=args.force_firmware, reassign=args.reassign,
+                   settings=_settings(args.set), wait=not args.no_wait,
+                   uplink_timeout_s=args.uplink_timeout, baud=args.baud, stub=not args.no_stub)
+
+
+def _site_of(reg: Registry, args: argparse.Namespace) -> str | None:
+    if args.site:
+        return args.site
+    if getattr(args, "device", None):
+        try:
+            return reg.get(args.device).site
+        except RegistryError:
+            return None
+    return None
+
+
+def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.progress import Progress
+    from fleet.provision import Target, provision, summary
+
+    options = _options(reg, args, _site_of(reg, args))
+    target = Target(args.device, args.role, args.site)
+    result = provision(reg, args.port, target, options, Progress(quiet=args.quiet))
+    print(summary(result))
+    return 0
+
+
+def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet import batch
+    from fleet.progress import Progress
+    from fleet.provision import Target
+
+    options = _options(reg, args, args.site)
+    target = Target(role=args.role, site=args.site, name_pattern=args.names, first=args.first)
+    source = (batch.ports_in_folder(Path(args.ports_dir)) if args.ports_dir
+              else batch.usb_serial_ports(args.ports))
+    where = args.ports_dir or "USB serial ports%s" % (" matching " + args.ports if args.ports
+                                                     else "")
+    print("waiting for boards on %s (Ctrl-C to stop%s)" % (
+        where, ", or %.0f s without a new board" % args.idle_timeout if args.idle_timeout
+        else ""), flush=True)
+
+    def progress_for(n: int, port: str) -> Progress:
+        if not args.quiet:
+            print("board %d on %s" % (n, port), flush=True)
+        return Progress(quiet=args.quiet, prefix="  ")
+
+    def on_row(row) -> None:
+        if not args.quiet:
+            print("  -> %s %s" % (row.device_id if row.outcome == "provisioned" else row.outcome,
+                                  row.detail), flush=True)
+    rows: list = []       # filled as boards finish, so Ctrl-C still prints the table
+    try:
+        batch.provision_batch(
+            reg, batch.appearing_ports(source, idle_timeout_s=args.idle_timeout), target,
+            options, count=args.count, progress_for=progress_for,
+            on_row=lambda row: (rows.append(row), on_row(row)))
+    except KeyboardInterrupt:
+        print("\nstopped")
+    print()
+    print(batch.table(rows) if rows else "no boards were plugged in")
+    failed = [r for r in rows if r.outcome != "provisioned"]
+    print("%d provisioned, %d failed" % (len(rows) - len(failed), len(failed)))
+    return 1 if failed or not rows else 0
+
+
+def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.appbuild import BuildError, build_app
+    from fleet.progress import Progress
+    from fleet.push import push
+
+    try:
+        files = build_app(Path(args.app_source) if args.app_source else _firmware_dir(),
+                          compiled=not args.source)
+    except BuildError as exc:
+        raise FleetError("the app does not compile: %s" % exc, "build") from None
+    progress = Progress(quiet=args.quiet)
+    with progress.step("push") as step:
+        result = push(args.port, files, dry_run=args.dry_run, progress=step.update,
+                      console_timeout_s=args.console_timeout)
+        if args.dry_run:
+            step.result = "%d to send, %d to remove, %d unchanged (dry run)" % (
+                len(result.sent), len(result.removed), result.unchanged)
+        else:
+            step.result = "%d sent (%d bytes), %d removed, %d unchanged" % (
+                len(result.sent), result.bytes_sent, len(result.removed), result.unchanged)
+    for path in result.sent:
+        print("%s %s" % ("would send" if args.dry_run else "sent   ", path))
+    for path in result.removed:
+        print("%s %s" % ("would remove" if args.dry_run else "removed", path))
+    if not args.dry_run:
+        print("soft-reset: the board runs the new files")
+    return 0
+
+
+def _firmware_dir() -> Path:
+    from boards.vm import FIRMWARE
+    return FIRMWARE
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", help="board definition (boards/definitions.py; default: the "
+                                   "site profile's, else esp32-devkitc)")
+    p.add_argument("--firmware", metavar="FILE|VERSION",
+                   help="MicroPython image file, or a version in the firmware cache "
+                        "(default: the site profile's, else the newest cached for the board)")
+    p.add_argument("--firmware-cache", metavar="DIR",
+                   help="firmware cache folder (default: $FLEET_FIRMWARE_CACHE, else "
+                        "~/.cache/citytestbed/firmware)")
+    p.add_argument("--app-source", metavar="DIR",
+                   help="the node application to install (default: the repository's firmware/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="node setting stored for the device and written to its config.json, "
+                        "e.g. interval_s=300 or shaft.depth_mm=3000 (repeatable)")
+    p.add_argument("--rotate-key", action="store_true",
+                   help="make a new OSCORE master secret for the device (needed for a device "
+                        "whose key was on another board)")
+    p.add_argument("--force-firmware", action="store_true",
+                   help="write the firmware even when the board already runs that version")
+    p.add_argument("--reassign", action="store_true",
+                   help="take a board registered as another device (that device is then "
+                        "marked unprovisioned)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not wait for the node's first uplink on MQTT")
+    p.add_argument("--uplink-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the first uplink (default %(default)s)")
+    p.add_argument("--baud", type=int, default=460800,
+                   help="serial speed after connecting (default %(default)s; real serial "
+                        "ports and rfc2217:// only)")
+    p.add_argument("--no-stub", action="store_true",
+                   help="talk to the ROM loader only (slower; for chips the stub fails on)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,14 +377,103 @@ def build_parser() -> argparse.ArgumentParser:
                      help="first sequence number the exported context uses "
                           "(default %(default)s, far above the device's own)")
     exp.set_defaults(func=_cmd_device_export_oscore)
+
+    site = sub.add_parser("site", help="site profiles: WiFi, gateway, MQTT, shared by a "
+                                       "site's nodes")
+    ssub = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    sset = ssub.add_parser("set", help="create or update a site profile (fields not given "
+                                       "keep their value)")
+    sset.add_argument("name", help="site name, as devices are registered with (--site)")
+    sset.add_argument("--gateway", metavar="HOST[:PORT]",
+                      help="the site gateway's CoAP address, as nodes reach it (port 5683)")
+    sset.add_argument("--wifi-ssid", metavar="SSID")
+    sset.add_argument("--wifi-psk", metavar="KEY",
+                      help="WiFi key; '-' asks for it (not kept in shell history)")
+    sset.add_argument("--mqtt", metavar="URL",
+                      help="the broker the gateway publishes to (mqtt://HOST:PORT): "
+                           "provisioning waits there for a node's first uplink")
+    sset.add_argument("--prefix", help="the gateway's MQTT topic prefix (default city)")
+    sset.add_argument("--board", help="default board definition for the site's nodes")
+    sset.add_argument("--firmware", metavar="FILE|VERSION",
+                      help="default MicroPython image or cached version for the site")
+    sset.set_defaults(func=_cmd_site_set)
+    slist = ssub.add_parser("list", help="list site profiles (WiFi keys are not shown)")
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=_cmd_site_list)
+
+    prov = sub.add_parser("provision", help="turn a board on PORT into a registered, reporting "
+                                            "node: firmware, app, config, OSCORE key")
+    prov.add_argument("port", help="/dev/ttyUSB0, COM3, rfc2217://HOST:PORT or "
+                                   "socket://HOST:PORT (a virtual board's ROM port)")
+    prov.add_argument("--device", metavar="ID",
+                      help="the device this board becomes (registered if new: then give "
+                           "--role and --site); default: the device registered with the "
+                           "board's MAC")
+    prov.add_argument("--role", choices=ROLES)
+    prov.add_argument("--site", help="site of a new device (its profile gives WiFi, gateway, "
+                                     "MQTT)")
+    _add_run_options(prov)
+    prov.set_defaults(func=_cmd_provision)
+
+    bat = sub.add_parser("batch", help="provision boards one after another as they are "
+                                       "plugged in, then print a table")
+    bat.add_argument("--site", required=True)
+    bat.add_argument("--role", required=True, choices=ROLES)
+    bat.add_argument("--names", required=True, metavar="PATTERN",
+                     help="names for boards the registry does not know, e.g. 'shaft-{n:02d}' "
+                          "(the first free n); a board registered before keeps its device")
+    bat.add_argument("--first", type=int, default=1, help="first n tried (default 1)")
+    bat.add_argument("--count", type=int, help="stop after this many boards")
+    bat.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                     help="stop when no new board appeared for this long")
+    bat.add_argument("--ports", metavar="GLOB",
+                     help="only USB serial ports matching this pattern, e.g. '/dev/ttyUSB*'")
+    bat.add_argument("--ports-dir", metavar="DIR",
+                     help="instead of USB ports: a folder of *.port files, each holding one "
+                          "port URL (RFC 2217 racks, virtual boards)")
+    _add_run_options(bat)
+    bat.set_defaults(func=_cmd_batch)
+
+    push = sub.add_parser("push", help="development: copy changed app files to a running "
+                                       "board over its console, then soft-reset it")
+    push.add_argument("port", help="the board's console: /dev/ttyUSB0 or socket://HOST:PORT")
+    push.add_argument("--app-source", metavar="DIR",
+                      help="the app to push (default: the repository's firmware/)")
+    push.add_argument("--source", action="store_true",
+                      help="push .py sources instead of mpy-cross output")
+    push.add_argument("--dry-run", action="store_true", help="only say what would change")
+    push.add_argument("--console-timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="how long the board may take to give its prompt (default "
+                           "%(default)s)")
+    push.add_argument("-q", "--quiet", action="store_true")
+    push.set_defaults(func=_cmd_push)
+
+    fw = sub.add_parser("firmware", help="the local firmware cache")
+    fsub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
+    fadd = fsub.add_parser("add", help="check a MicroPython image and file it for a board")
+    fadd.add_argument("file")
+    fadd.add_argument("--board", required=True)
+    fadd.add_argument("--firmware-cache", metavar="DIR")
+    fadd.set_defaults(func=_cmd_firmware_add)
+    flist = fsub.add_parser("list", help="images in the cache, per board")
+    flist.add_argument("--board")
+    flist.add_argument("--firmware-cache", metavar="DIR")
+    flist.set_defaults(func=_cmd_firmware_list)
+
+    ports = sub.add_parser("ports", help="list serial ports (which one is the board?)")
+    ports.set_defaults(func=_cmd_ports)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what happens underneath (esptool, MQTT) to stderr")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
         return args.func(Registry(args.registry), args)
-    except RegistryError as exc:
+    except FleetError as exc:
         print("fleet: %s" % exc, file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:

@@ -19,6 +19,7 @@ from sqlalchemy import (DateTime, Float, Integer, LargeBinary, String, create_en
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from fleet.errors import FleetError
 from gateway.vocabulary import ROLES
 
 DEFAULT_URL = "sqlite:///fleet.db"
@@ -31,8 +32,11 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 _SITE_RE = _ID_RE
 
 
-class RegistryError(Exception):
+class RegistryError(FleetError):
     """A registry operation a user asked for cannot be done; the message says why."""
+
+    def __init__(self, message: str, kind: str = "registry") -> None:
+        super().__init__(message, kind)
 
 
 class Base(DeclarativeBase):
@@ -52,6 +56,25 @@ class Device(Base):
     provisioned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     street: Mapped[str | None] = mapped_column(String(64), nullable=True)
     position_m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Provisioning (fleet/provision.py). provisioned_at is set only once the node's first
+    # authenticated uplink reached the gateway (or, with no broker to watch, once what was
+    # written verified and the board was reset); any run that writes to the board clears it
+    # first, and provision_status / provision_message say how the last run ended.
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    board: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    firmware_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    app_version: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    provision_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    provision_message: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    # Node settings beyond the site's (interval_s and role sections such as "shaft"), as JSON,
+    # so that re-provisioning a device writes the same configuration without retyping it.
+    node_settings: Mapped[str | None] = mapped_column(String(4000), nullable=True)
+    # When the current master secret was made by a rotation (NULL: made at registration), and
+    # when it was first written to a board: from then on a board may have used nonces under it.
+    key_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                            nullable=True)
+    key_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                            nullable=True)
 
     @property
     def kid_bytes(self) -> bytes:
@@ -68,7 +91,53 @@ class Device(Base):
             "provisioned_at": self.provisioned_at.isoformat() if self.provisioned_at else None,
             "street": self.street,
             "position_m": self.position_m,
+            "mac": self.mac,
+            "board": self.board,
+            "firmware_version": self.firmware_version,
+            "app_version": self.app_version,
+            "provision_status": self.provision_status,
+            "provision_message": self.provision_message,
+            "key_rotated_at": self.key_rotated_at.isoformat() if self.key_rotated_at else None,
         }
+
+    def settings(self) -> dict:
+        """The stored node settings ({} when none were given)."""
+        return json.loads(self.node_settings) if self.node_settings else {}
+
+
+class Site(Base):
+    """A site profile: what every node of a site shares, typed once by whoever sets up the
+    site. The WiFi key and the gateway address end up in each node's config.json."""
+
+    __tablename__ = "sites"
+
+    name: Mapped[str] = mapped_column(String(48), primary_key=True)
+    gateway_host: Mapped[str] = mapped_column(String(255))
+    gateway_port: Mapped[int] = mapped_column(Integer, default=5683)
+    wifi_ssid: Mapped[str] = mapped_column(String(32), default="")
+    wifi_psk: Mapped[str] = mapped_column(String(64), default="")
+    mqtt_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    mqtt_prefix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    board: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    firmware: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def summary(self) -> dict:
+        """What may be shown anywhere: the WiFi key only as whether one is set."""
+        return {"name": self.name, "gateway": "%s:%d" % (self.gateway_host, self.gateway_port),
+                "wifi_ssid": self.wifi_ssid, "wifi_psk": "set" if self.wifi_psk else "none",
+                "mqtt_url": self.mqtt_url, "mqtt_prefix": self.mqtt_prefix,
+                "board": self.board, "firmware": self.firmware}
+
+    def __repr__(self) -> str:
+        return "Site(%r, gateway %s:%d)" % (self.name, self.gateway_host, self.gateway_port)
+
+
+SITE_FIELDS = ("gateway_host", "gateway_port", "wifi_ssid", "wifi_psk", "mqtt_url",
+               "mqtt_prefix", "board", "firmware")
+# Columns `record_provisioning` may set.
+PROVISION_FIELDS = ("mac", "board", "firmware_version", "app_version", "provision_status",
+                    "provision_message", "node_settings", "provisioned_at", "key_written_at")
 
 
 @dataclass(frozen=True)
@@ -185,6 +254,85 @@ class Registry:
                 raise RegistryError("no device %s in the registry" % device_id)
             device.provisioned_at = datetime.now(timezone.utc)
             s.commit()
+
+    # --- provisioning ----------------------------------------------------------------------
+
+    def by_mac(self, mac: str) -> Device | None:
+        with self.session() as s:
+            return s.scalar(select(Device).where(Device.mac == mac.lower()))
+
+    def record_provisioning(self, device_id: str, **fields) -> Device:
+        """Set provisioning columns of one device (names from PROVISION_FIELDS)."""
+        unknown = set(fields) - set(PROVISION_FIELDS)
+        if unknown:
+            raise TypeError("not provisioning fields: %s" % ", ".join(sorted(unknown)))
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise RegistryError("no device %s in the registry" % device_id)
+            for name, value in fields.items():
+                setattr(device, name, value)
+            s.commit()
+            return device
+
+    def remove_unused_device(self, device_id: str) -> None:
+        """Remove a device whose key never left the registry (never written to a board)."""
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                return
+            if device.key_written_at is not None or device.provisioned_at is not None:
+                raise RegistryError("device %s has been on a board; it is kept" % device_id)
+            s.delete(device)
+            s.commit()
+
+    def rotate_key(self, device_id: str) -> Device:
+        """New master secret and salt for a device, same key id. The gateway notices on the
+        device's first frame under the new key (its tag check fails against the old context
+        and it re-reads the registry)."""
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise RegistryError("no device %s in the registry" % device_id)
+            device.master_secret = secrets.token_bytes(SECRET_BYTES)
+            device.master_salt = secrets.token_bytes(SALT_BYTES)
+            device.key_rotated_at = datetime.now(timezone.utc)
+            device.key_written_at = None
+            device.provisioned_at = None
+            s.commit()
+            return device
+
+    # --- site profiles ---------------------------------------------------------------------
+
+    def set_site(self, name: str, **fields) -> Site:
+        """Create or update a site profile; fields not given keep their value."""
+        if not _SITE_RE.match(name):
+            raise RegistryError("site %r: use 1-48 characters a-z, 0-9, '-' and '_'" % name)
+        unknown = set(fields) - set(SITE_FIELDS)
+        if unknown:
+            raise TypeError("not site fields: %s" % ", ".join(sorted(unknown)))
+        with self.session() as s:
+            site = s.get(Site, name)
+            if site is None:
+                if not fields.get("gateway_host"):
+                    raise RegistryError("site %s is new: give its gateway address (--gateway "
+                                        "HOST[:PORT])" % name)
+                site = Site(name=name, gateway_port=5683, wifi_ssid="", wifi_psk="")
+                s.add(site)
+            for key, value in fields.items():
+                if value is not None:
+                    setattr(site, key, value)
+            site.updated_at = datetime.now(timezone.utc)
+            s.commit()
+            return site
+
+    def site(self, name: str) -> Site | None:
+        with self.session() as s:
+            return s.get(Site, name)
+
+    def sites(self) -> list[Site]:
+        with self.session() as s:
+            return list(s.scalars(select(Site).order_by(Site.name)))
 
 
 def export_oscore(device: Device, directory: Path, *, seq_start: int) -> Path:

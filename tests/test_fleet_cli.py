@@ -1,0 +1,87 @@
+"""The `fleet` command line for sites, the firmware cache and provisioning's early refusals
+(everything that needs no board)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+
+import pytest
+
+from boards.definitions import board
+from boards.flash import build_app_image, merged_image
+from fleet.cli import _settings, main as fleet_main
+from fleet.errors import FleetError
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return ["--registry", "sqlite:///%s" % (tmp_path / "fleet.db")]
+
+
+def run(capsys, argv):
+    code = fleet_main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_site_profile_is_typed_once_and_its_wifi_key_never_shown(registry, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("geheim-123\n"))
+    code, out, _ = run(capsys, registry + ["site", "set", "north", "--gateway", "10.0.0.2",
+                                           "--wifi-ssid", "stadtwerke", "--wifi-psk", "-",
+                                           "--mqtt", "mqtt://10.0.0.3:1883"])
+    assert code == 0 and "gateway 10.0.0.2:5683" in out and "key set" in out
+    assert run(capsys, registry + ["site", "set", "north", "--gateway", "10.0.0.9:5684"])[0] == 0
+    code, out, _ = run(capsys, registry + ["site", "list", "--json"])
+    (site,) = json.loads(out)
+    assert site["gateway"] == "10.0.0.9:5684" and site["wifi_ssid"] == "stadtwerke"
+    assert site["wifi_psk"] == "set"
+    code, out, _ = run(capsys, registry + ["site", "list"])
+    assert "north" in out and "geheim-123" not in out
+
+
+def test_settings_from_the_command_line():
+    assert _settings(["interval_s=60", "shaft.depth_mm=3000", "shaft.mode=uart",
+                      "standin.dist_mm=1766"]) == {
+        "interval_s": 60, "shaft": {"depth_mm": 3000, "mode": "uart"},
+        "standin": {"dist_mm": 1766}}
+    with pytest.raises(FleetError, match="write KEY=VALUE"):
+        _settings(["depth"])
+
+
+def test_firmware_cache_add_and_list(registry, capsys, tmp_path):
+    image = tmp_path / "ESP32_GENERIC-20241129-v1.24.1.bin"
+    image.write_bytes(merged_image(board("esp32-devkitc"), build_app_image("micropython",
+                                                                           "v1.24.1")))
+    cache = str(tmp_path / "cache")
+    code, out, _ = run(capsys, registry + ["firmware", "add", str(image), "--board",
+                                           "esp32-devkitc", "--firmware-cache", cache])
+    assert code == 0 and "added micropython v1.24.1 for board esp32-devkitc" in out
+    code, out, _ = run(capsys, registry + ["firmware", "list", "--firmware-cache", cache])
+    assert "esp32-devkitc" in out and "v1.24.1" in out and image.name in out
+
+
+def test_provisioning_refuses_early_without_a_site_profile_or_a_reachable_port(
+        registry, capsys, tmp_path):
+    image = tmp_path / "mp.bin"
+    image.write_bytes(merged_image(board("esp32-devkitc"), build_app_image("micropython",
+                                                                           "v1.24.1")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = "socket://127.0.0.1:%d" % s.getsockname()[1]
+    argv = registry + ["provision", free, "--device", "shaft-01", "--role", "shaft", "--site",
+                       "north", "--firmware", str(image)]
+    code, _, err = run(capsys, argv)
+    assert code == 1 and err.startswith("fleet: no site profile for site north: create it "
+                                        "once with `fleet site set north")
+    assert run(capsys, registry + ["site", "set", "north", "--gateway", "127.0.0.1"])[0] == 0
+    code, _, err = run(capsys, argv)
+    assert code == 1 and err == "fleet: nothing listens at %s: is the board server (vboard, " \
+                                "ser2net, an RFC 2217 server) running at that address?\n" % free
+    code, out, _ = run(capsys, registry + ["device", "list", "--json"])
+    assert json.loads(out) == []          # nothing was registered for a board never reached
+    code, _, err = run(capsys, argv[:-2] + ["--firmware", "v9.9.9", "--firmware-cache",
+                                            str(tmp_path / "empty")])
+    assert code == 1 and "no MicroPython v9.9.9 for board esp32-devkitc" in err
