@@ -1,6 +1,7 @@
-# A stand-in distance source for the shaft role, used until the JSN-SR04T driver is wired in.
-# It reads its numbers from the node's configuration ("standin": {"dist_mm", "swing_mm",
-# "period_s"}): a constant distance, or a slow triangle wave around it for demos.
+# A stand-in distance source for the shaft role where no sonar is attached: the host runner
+# (boards/hostnode.py, gateway tests) has no board and no sensors. Only used when the node's
+# configuration has a "standin" section ({"dist_mm", "swing_mm", "period_s"}): a constant
+# distance, or a slow triangle wave around it for demos. Real nodes use the JSN-SR04T.
 
 import time
 

@@ -28,10 +28,13 @@ BAD_OPTION = const(0x82)  # 4.02
 SERVICE_UNAVAILABLE = const(0xA3)  # 5.03
 
 URI_HOST = const(3)
+OBSERVE = const(6)
 OSCORE = const(9)
 URI_PATH = const(11)
 CONTENT_FORMAT = const(12)
 MAX_AGE = const(14)
+BLOCK2 = const(23)
+SIZE2 = const(28)
 ECHO = const(252)
 
 _VERSION = const(1)
@@ -235,6 +238,7 @@ class Client:
         self.poll_ms = poll_ms
         self._mid = int.from_bytes(os.urandom(2), "big")
         self._last_acked_mid = None
+        self.token = b""      # token of the last request (an observation's notifications)
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1]
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.connect(addr)
@@ -273,9 +277,39 @@ class Client:
             else:
                 await asyncio.sleep_ms(min(wait_ms, self.poll_ms))
 
+    async def anotification(self, token, timeout_ms):
+        """The next notification (RFC 7641) carrying `token`, acknowledged when confirmable;
+        None when none arrives within timeout_ms. Other messages are answered as in request().
+        """
+        import asyncio
+
+        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        while True:
+            wait_ms = time.ticks_diff(deadline, time.ticks_ms())
+            if wait_ms <= 0:
+                return None
+            if not self._poll.poll(0):
+                await asyncio.sleep_ms(min(wait_ms, self.poll_ms))
+                continue
+            try:
+                msg = decode(self._sock.recv(_MAX_DATAGRAM))
+            except (OSError, ValueError):
+                continue
+            if msg.code >= _RESPONSE_CLASS_MIN and msg.token == token and \
+                    (msg.mtype == CON or msg.mtype == NON):
+                if msg.mtype == CON:
+                    self._ack(msg.mid)
+                return msg
+            if msg.mtype == CON:
+                if msg.mid == self._last_acked_mid:
+                    self._ack(msg.mid)
+                else:
+                    self._send(encode(RST, EMPTY, msg.mid))
+
     def _start(self, code, options, payload):
         self._mid = (self._mid + 1) & 0xFFFF
         token = os.urandom(self.token_len)
+        self.token = token
         datagram = encode(CON, code, self._mid, token, options, payload)
         spread = int.from_bytes(os.urandom(2), "big") * (self._ack_spread_ms + 1) >> 16
         ex = _Exchange(self._mid, token, datagram, self.ack_timeout_ms + spread,
@@ -335,3 +369,14 @@ class Client:
     def _ack(self, mid):
         self._last_acked_mid = mid
         self._send(encode(ACK, EMPTY, mid))
+
+
+def block_option(num, more, szx):
+    """Block1/Block2 option value (RFC 7959 §2.2): NUM, M, SZX (size 2**(SZX+4))."""
+    return uint((num << 4) | (0x08 if more else 0) | szx)
+
+
+def decode_block(value):
+    """(num, more, szx) of a Block1/Block2 option value."""
+    n = decode_uint(value)
+    return n >> 4, bool(n & 0x08), n & 0x07

@@ -32,7 +32,8 @@ REPLAY_RESENDS = const(8)  # jumps double each time: 2**16 ... 2**23, 2**24 - 2*
 SEQ_STEP = const(64)  # K of protocol.md §5
 CONTENT_FORMAT_SENML_CBOR = const(112)
 
-# Class U options: outside the encryption. Everything else the node sends is class E.
+# Class U options: outside the encryption. Everything else the node sends is class E, and
+# Observe is both (RFC 8613 §4.1.3.5.2: the Outer value equals the Inner one).
 _OUTER_OPTIONS = (coap.URI_HOST, 7, 39)  # Uri-Host, Uri-Port, Proxy-Scheme
 
 
@@ -276,6 +277,8 @@ class Context:
                 outer.append(opt)
             else:
                 inner.append(opt)
+                if opt[0] == coap.OBSERVE:
+                    outer.append(opt)
         coap.encode_options(plaintext, inner)
         if payload:
             plaintext.append(0xFF)
@@ -339,7 +342,7 @@ class SecureClient:
         self.client = client
         self.context = context
 
-    def _steps(self, code, path, payload, content_format):
+    def _steps(self, code, path, payload, content_format, extra=()):
         # Generator shared by the blocking and the asyncio driver: yields the outer
         # (options, payload) to send, receives the response Message, returns the result.
         echo = None
@@ -348,6 +351,7 @@ class SecureClient:
         resends = 0
         while True:
             options = _path_options(path)
+            options.extend(extra)
             if content_format is not None:
                 options.append((coap.CONTENT_FORMAT, coap.uint(content_format)))
             if echo is not None:
@@ -369,6 +373,7 @@ class SecureClient:
             if result[0] == coap.UNAUTHORIZED and echo is not None and not echoed:
                 echoed = True
                 continue
+            self.request_ctx = request_ctx
             return result
 
     def request(self, code, path, payload=b"", content_format=None):
@@ -382,8 +387,8 @@ class SecureClient:
             except StopIteration as done:
                 return done.value
 
-    async def arequest(self, code, path, payload=b"", content_format=None):
-        steps = self._steps(code, path, payload, content_format)
+    async def arequest(self, code, path, payload=b"", content_format=None, options=()):
+        steps = self._steps(code, path, payload, content_format, options)
         outer = next(steps)
         while True:
             response = await self.client.arequest(coap.POST, outer[0], outer[1])
@@ -404,3 +409,67 @@ class SecureClient:
     async def apost(self, path, payload, content_format=None):
         result = await self.arequest(coap.POST, path, payload, content_format)
         return result[0], result[2]
+
+    # --- Observe (RFC 7641 with RFC 8613 §4.1.3.5.2, §8.4) ---------------------------------
+
+    async def aobserve(self, path):
+        """Register an observation of `path`: the first response's inner (code, options,
+        payload). Notifications then come from anotification()."""
+        result = await self.arequest(coap.GET, path, options=((coap.OBSERVE, b""),))
+        self._observe_ctx = self.request_ctx
+        self._observe_token = self.client.token
+        self._notification_piv = -1
+        return result
+
+    async def anotification(self, timeout_ms):
+        """The next verified notification's inner (code, options, payload); None when none
+        came in time. Notifications that fail verification or are older than one already
+        seen are dropped (RFC 8613 §7.4.1)."""
+        import time
+        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        while True:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                return None
+            msg = await self.client.anotification(self._observe_token, left)
+            if msg is None:
+                return None
+            value = msg.option(coap.OSCORE)
+            if not value:
+                continue              # unprotected: not from our gateway's context
+            piv = coap.decode_uint(value[1:1 + (value[0] & _PIV_LEN_MASK)])
+            try:
+                result = self.context.unprotect_response(msg, self._observe_ctx)
+            except OscoreError:
+                continue
+            if piv <= self._notification_piv:
+                continue
+            self._notification_piv = piv
+            return result
+
+    # --- block-wise GET (RFC 7959 Block2) --------------------------------------------------
+
+    async def aget_blocks(self, path, sink, szx=5):
+        """GET `path` block by block (2**(szx+4) bytes each), handing each block's payload
+        to sink(offset, data); returns (code, total bytes). Stops at the first non-2.05."""
+        num = 0
+        total = 0
+        while True:
+            code, options, payload = await self.arequest(
+                coap.GET, path, options=((coap.BLOCK2, coap.block_option(num, False, szx)),))
+            if code != coap.CONTENT:
+                return code, total
+            block = coap.option(options, coap.BLOCK2)
+            if block is None:
+                sink(0, payload)
+                return code, len(payload)
+            got_num, more, got_szx = coap.decode_block(block)
+            offset = got_num << (got_szx + 4)
+            if offset != total:
+                raise OscoreError("block out of order")
+            sink(offset, payload)
+            total += len(payload)
+            if not more:
+                return code, total
+            num = (total >> (got_szx + 4))
+            szx = got_szx
