@@ -38,6 +38,8 @@ from gateway.store import GroupCommitter, Store
 from gateway.vocabulary import CONTROL_NAMES
 
 log = logging.getLogger("gateway")
+# A presence record older than this (drained from the node's queue) boosts no neighbours.
+PRESENCE_FRESH_S = 30.0
 
 _LEAVES = {"u": "up", "s": "status"}
 _CF_CBOR = [(coap.CONTENT_FORMAT, coap.uint(coap.CF_CBOR))]
@@ -73,6 +75,7 @@ class Gateway:
         self.observations: Observations | None = None
         self.files = FileCache(config.files_dir, config.files.source, config.files.block_size)
         self.rule = NeighbourRule(config.neighbours)
+        self._rule_indexed = 0
         self.states: dict[str, outputs.DeviceState] = {}
         self._ha_announced: dict[str, frozenset[str]] = {}
         self._registry: Registry | None = None
@@ -108,7 +111,7 @@ class Gateway:
         self.downlink = Downlink(cfg.downlink, self._spool_outcome, lambda: self.committer.batch,
                                  self.metrics)
         self.downlink.load(loaded.commands, loaded.command_ids)
-        self.rule.index([c.info for c in self.contexts.by_kid.values()])
+        self._index_rule()
         self.publisher = Publisher(cfg.mqtt, cfg.id, self.committer, self.metrics, self.stats)
         self.publisher.on_command = self._command_in
         self.endpoint = Endpoint(self.contexts, self.committer, self.metrics, self._handle,
@@ -251,7 +254,8 @@ class Gateway:
         self.metrics.counters[key] += 1
         if info.role == "lighting" and self.rule.cfg.enabled:
             for r in data:
-                if r.name == "pres" and r.value is True:
+                # Presence drained from a node's queue is history: only a fresh one boosts.
+                if r.name == "pres" and r.value is True and r.time >= now - PRESENCE_FRESH_S:
                     self._boost_neighbours(info, now)
                     break
         return lambda: self._changed(info)
@@ -332,8 +336,14 @@ class Gateway:
                 self.observations.push(ctx.info)
         self.endpoint.after_commit(lambda ok: ok and done())
 
+    def _index_rule(self) -> None:
+        self.rule.index([c.info for c in self.contexts.by_kid.values()])
+        self._rule_indexed = len(self.contexts.by_kid)
+
     def _boost_neighbours(self, info: DeviceInfo, now: float) -> None:
         nb = self.config.neighbours
+        if len(self.contexts.by_kid) != self._rule_indexed:
+            self._index_rule()  # a lamp made contact since: it may be a neighbour
         for lamp in self.rule.on_presence(info, now):
             cmd = self.downlink.queue(lamp, "boost", {"level": nb.level, "hold_s": nb.hold_s},
                                       now, float(nb.hold_s), RULE_REF, supersede_ref=RULE_REF)
@@ -393,7 +403,7 @@ class Gateway:
             devices = await loop.run_in_executor(None, registry.devices)
             self.contexts.refresh_from(devices)
         if added or full:
-            self.rule.index([c.info for c in self.contexts.by_kid.values()])
+            self._index_rule()
         if added:
             log.info("registry: %d new device(s) loaded", len(added))
 

@@ -33,7 +33,8 @@ TABLE: tuple[Quantity, ...] = (
     # shaft water level
     Quantity("level", "mm", "mm", 1, "v", ("shaft",), "water level above the shaft floor"),
     Quantity("dist", "mm", "mm", 1, "v", ("shaft",), "sensor to water surface distance"),
-    Quantity("alarm", "bool", "", 1, "vb", ("shaft",), "level at or above the alarm threshold"),
+    Quantity("alarm", "bool", "", 1, "vb", ("lighting", "shaft"),
+             "shaft: level at or above the alarm threshold; lighting: lamp failure"),
     # parking bay
     Quantity("occ", "bool", "", 1, "vb", ("parking",), "bay occupied"),
     Quantity("mag", "nT", "T", 1_000_000_000, "v", ("parking",),
@@ -55,7 +56,8 @@ TABLE: tuple[Quantity, ...] = (
     Quantity("boots", "count", "count", 1, "v", _ALL, "boot counter"),
     Quantity("uptime", "s", "s", 1, "v", _ALL, "seconds since boot"),
     Quantity("heap", "B", "B", 1, "v", _ALL, "free heap"),
-    Quantity("faults", "bits", "", 1, "v", _ALL, "sensor fault bitmask"),
+    Quantity("faults", "bits", "", 1, "v", _ALL,
+             "node and sensor fault bits (docs/firmware.md)"),
     # downlink acknowledgements (docs/protocol.md §8): consumed by the gateway, not published
     Quantity("ack", "id", "", 1, "v", _ALL, "downlink command carried out; the value is its id"),
     Quantity("rej", "id", "", 1, "v", _ALL, "downlink command refused; the value is its id"),

@@ -81,12 +81,17 @@ def test_rising_water_reports_fast_and_raises_the_alarm_and_condensation_does_no
     assert len(ups2) >= 2
     assert all(abs(f["level"] - 500) <= 40 for f in ups2), ups2
     assert not any(f.get("alarm") for f in ups2)
-    # Budgets: every level uplink is at most 64 bytes on the wire (UDP payload: there are at
-    # least as many datagrams that small as level frames published; status frames are larger),
-    # and the app's heap within half the modelled ESP32 heap.
+    # Budgets: every live level uplink is at most 64 bytes on the wire (UDP payload: there are
+    # at least as many datagrams that small as level frames published live; status frames are
+    # larger, and so is a reading drained from the queue with its own time, which a loaded
+    # machine can cause when an answer comes after the node's last retransmission), and the
+    # app's heap within half the modelled ESP32 heap.
     published = len(frames(watch, "shaft-01")) + len(frames(watch, "shaft-02"))
+    drained = sum(1 for device in ("shaft-01", "shaft-02") for line in list(fleet.lines[device])
+                  if re.match(r"queue: \d+ readings sent", line))
     small = [len(d) for d in list(relay.uplink) if len(d) <= 64]
-    assert len(small) >= published, (published, sorted(len(d) for d in relay.uplink))
+    assert len(small) >= published - drained, (published, drained,
+                                               sorted(len(d) for d in relay.uplink))
     for device in ("shaft-01", "shaft-02"):
         used = heap_reports(fleet.lines[device])
         assert used and max(used) <= HEAP_BUDGET, (device, used)

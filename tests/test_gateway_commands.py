@@ -292,3 +292,23 @@ async def test_presence_boosts_the_neighbouring_lamps_within_300_ms(tmp_path, br
 async def node_post_presence(node: Node) -> None:
     answer = await node.post("u", cbor2.dumps([{0: "pres", 4: True}, {0: "dim", 2: 100}]))
     assert answer.code == coap.CHANGED
+
+
+async def test_presence_drained_late_from_a_queue_boosts_nobody(tmp_path, broker, registry,
+                                                                listener):
+    lamps = [registry.add_device("lamp-%02d" % i, "lighting", "north", street="golden-mile",
+                                 position_m=30.0 * i) for i in range(2)]
+    cfg = make_config(tmp_path, broker.port, registry.url,
+                      neighbours={"enabled": True, "distance_m": 40, "level": 100, "hold_s": 20,
+                                  "min_interval_s": 0})
+    async with running(cfg) as gw:
+        walker, neighbour = [Node(SimNode.of(d), gw.config.coap.port) for d in lamps]
+        await neighbour.post("u", reading_lux(0))
+        # someone walked past five minutes ago, while the gateway was unreachable
+        old = await walker.post("u", cbor2.dumps([{-3: -300, 0: "pres", 4: True}]))
+        assert old.code == coap.CHANGED
+        assert gw.metrics.value("neighbour_boosts_total") == 0
+        await node_post_presence(walker)  # and now someone is there
+        assert gw.metrics.value("neighbour_boosts_total") == 1
+        walker.close()
+        neighbour.close()

@@ -4,7 +4,7 @@
 TABLE = (
     ('level', 'mm', 'mm', 1, 'v', 'shaft'),
     ('dist', 'mm', 'mm', 1, 'v', 'shaft'),
-    ('alarm', 'bool', '', 1, 'vb', 'shaft'),
+    ('alarm', 'bool', '', 1, 'vb', 'lighting,shaft'),
     ('occ', 'bool', '', 1, 'vb', 'parking'),
     ('mag', 'nT', 'T', 1000000000, 'v', 'parking'),
     ('lux', 'lx', 'lx', 1, 'v', 'lighting'),
