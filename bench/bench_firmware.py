@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from bench.common import Result
 from boards.broker import Broker
+from boards.netem import UdpSink
 from boards.testbed import BoardNode, Testbed, heap_reports
 from boards.vm import FIRMWARE, HEAP_FLAG, POINTER_SIZE_RATIO, SHIM_HEAP_BYTES, SHIMS, run_source
 
@@ -69,22 +68,10 @@ def available_heap() -> int:
 
 def wire_sizes() -> dict[str, int]:
     """Datagrams the firmware sends for a shaft reading: live, and queued with bt."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(20)
-    got: list[bytes] = []
-
-    def collect():
-        try:
-            while len(got) < 3:
-                got.append(sock.recv(2048))
-        except OSError:
-            pass
-    thread = threading.Thread(target=collect)
-    thread.start()
+    sink = UdpSink(3)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {"id": "shaft-01", "role": "shaft", "site": "north",
-               "gateway": {"host": "127.0.0.1", "port": sock.getsockname()[1]},
+               "gateway": {"host": "127.0.0.1", "port": sink.port},
                "oscore": {"sid": "0001", "rid": "", "secret": "00" * 16, "salt": "11" * 8},
                "max_retransmit": 0, "ack_timeout_ms": 200}
         (Path(tmp) / "config.json").write_text(json.dumps(cfg))
@@ -105,9 +92,7 @@ node.state.stage = bytearray()
 node.queue.put(1795000000, ABSOLUTE, reading)
 asyncio.run(node.flush())
 """, [".frozen", FIRMWARE, FIRMWARE / "lib", SHIMS], cwd=Path(tmp), heap_flag=HEAP_FLAG)
-    thread.join(20)
-    sock.close()
-    sizes = [len(d) for d in got]
+    sizes = [len(d) for d in sink.collected()]
     return {"live": sizes[0], "queued, rel. bt": sizes[1], "queued, abs. bt": sizes[2]}
 
 

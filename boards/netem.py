@@ -55,3 +55,31 @@ class UdpRelay:
         for sock in self._clients.values():
             sock.close()
         self.listen.close()
+
+
+class UdpSink:
+    """A port that answers nothing and keeps the first ``count`` datagrams sent to it: what a
+    node puts on the wire when no gateway is there.  ``collected()`` waits for them (up to
+    ``timeout`` seconds) and closes the port."""
+
+    def __init__(self, count: int, timeout: float = 20.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+        self.timeout = timeout
+        self.got: list[bytes] = []
+        self._thread = threading.Thread(target=self._run, args=(count,), daemon=True)
+        self._thread.start()
+
+    def _run(self, count: int) -> None:
+        try:
+            while len(self.got) < count:
+                self.got.append(self.sock.recv(2048))
+        except OSError:
+            pass
+
+    def collected(self) -> list[bytes]:
+        self._thread.join(self.timeout)
+        self.sock.close()
+        return list(self.got)

@@ -7,11 +7,10 @@ folder), so a "reboot" is a new State() and Queue() in the same VM."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import cbor2
 
+from boards.netem import UdpSink
 from boards.vm import FIRMWARE, SHIMS, run_source
 
 PATH = [".frozen", FIRMWARE, FIRMWARE / "lib", SHIMS]
@@ -286,21 +285,9 @@ emit([bytes(p).hex() for p in sent])
 
 def test_water_level_uplink_is_at_most_64_bytes_on_the_wire(tmp_path):
     """The datagrams the firmware sends for a shaft's readings, measured on a UDP socket."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(20)
-    got: list[bytes] = []
-
-    def collect():
-        try:
-            while len(got) < 2:
-                got.append(sock.recv(2048))
-        except OSError:
-            pass
-    thread = threading.Thread(target=collect)
-    thread.start()
+    sink = UdpSink(2)
     cfg = config(max_retransmit=0, ack_timeout_ms=200,
-                 gateway={"host": "127.0.0.1", "port": sock.getsockname()[1]})
+                 gateway={"host": "127.0.0.1", "port": sink.port})
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "oscore.seq").write_text("%d\n" % 70000)    # a 3-byte Partial IV
     run_fw("""
@@ -314,9 +301,7 @@ node.state.stage = bytearray()      # no answer came: forget it, so the next one
 node.submit([("level", 2345), ("temp", 1150), ("alarm", True)])
 asyncio.run(node.flush())
 """, tmp_path)
-    thread.join(20)
-    sock.close()
-    assert [len(d) for d in got] == [61, 60]
+    assert [len(d) for d in sink.collected()] == [61, 60]
 
 
 # --- role logic --------------------------------------------------------------------------------
