@@ -288,8 +288,8 @@ class Registry:
 
     def rotate_key(self, device_id: str) -> Device:
         """New master secret and salt for a device, same key id. The gateway notices on the
-        device's first frame under the new key (its tag check fails against the old context
-        and it re-reads the registry)."""
+        device's first frame under the new key (its tag check fails against the old context,
+        or its sequence number is below the old window, and it re-reads the registry)."""
         with self.session() as s:
             device = s.get(Device, device_id)
             if device is None:

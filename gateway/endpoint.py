@@ -273,11 +273,16 @@ class Endpoint:
         repeat = None
         if window.index is not None and not window.is_valid(seq):
             repeat = ctx.repeat_of(seq, msg.mid, now)
-            if repeat is None:
+            # A number seen before, or a board re-provisioned with a new key that counts from
+            # the start again: the new key comes with a new window (the tag check decides).
+            fresh = self.contexts.recheck(ctx) if repeat is None else None
+            if fresh is not None:
+                ctx, window = fresh, fresh.window
+            elif repeat is None:
                 metrics.reject("replay", "sequence number %d already seen" % seq, ctx.info.id)
                 self._send_plain(addr, msg, coap.UNAUTHORIZED, b"Replay detected")
                 return
-            if repeat[3] == PENDING:
+            elif repeat[3] == PENDING:
                 metrics.counters[self._k_dup] += 1
                 return  # its answer leaves with the commit under way
         request_aad = oscore.aad(opt.kid, opt.piv)

@@ -191,3 +191,31 @@ async def test_gateway_restarts_with_the_replay_state_it_committed(tmp_path, bro
         # the window was restored: no second Echo challenge for this device
         assert gw.metrics.value("echo_challenges_total") == 0
         node.close()
+
+
+async def test_a_board_under_a_rotated_key_counting_from_zero_is_heard(tmp_path, broker,
+                                                                        registry, listener):
+    """A spare board re-provisioned with `--rotate-key` starts its sequence numbers at 0,
+    below the window the old board left: the gateway takes the new key from the registry
+    instead of calling the frame a replay, and the old key is refused from then on."""
+    device = registry.add_device("shaft-07", "shaft", "north")
+    cfg = make_config(tmp_path, broker.port, registry.url, registry={"refresh_interval_s": 0.2})
+    async with running(cfg) as gw:
+        old = Node(SimNode.of(device, seq=500), gw.config.coap.port)
+        assert (await old.post("u", reading(1000))).code == coap.CHANGED
+        # Before any rotation a low number under the old key is a replay.
+        assert (await old.post("u", reading(1001), seq=3)).code == coap.UNAUTHORIZED
+        assert gw.metrics.value("frames_rejected_total", reason="replay") == 1
+        await asyncio.sleep(0.3)      # the registry is asked about a key id at most every 0.2 s
+
+        new = Node(SimNode.of(registry.rotate_key("shaft-07")), gw.config.coap.port)
+        answer = await new.post("u", reading(2000))
+        assert answer.code == coap.CHANGED
+        payloads = await listener.wait_for("shaft-07/up", 2)
+        assert [json.loads(p)[0]["v"] for p in payloads] == [1000, 2000]
+        assert gw.metrics.value("frames_rejected_total", reason="replay") == 1
+        # The old board's key is no longer accepted.
+        assert (await old.post("u", reading(1002))).code == coap.BAD_REQUEST
+        assert gw.metrics.value("frames_rejected_total", reason="bad_tag") == 1
+        old.close()
+        new.close()
