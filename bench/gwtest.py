@@ -95,6 +95,25 @@ class Node:
         return answer
 
 
+@contextlib.asynccontextmanager
+async def aiocoap_as_device(ctx_dir: Path) -> AsyncIterator:
+    """An aiocoap client context that speaks OSCORE as the device whose context
+    `fleet device export-oscore` wrote to ``ctx_dir`` (what a user of aiocoap-client does)."""
+    import aiocoap
+    from aiocoap.credentials import CredentialsMap
+
+    creds = CredentialsMap()
+    creds.load_from_dict({"coap://*": {"oscore": {"basedir": str(ctx_dir) + "/"}}})
+    ctx = await aiocoap.Context.create_client_context()
+    ctx.client_credentials = creds
+    try:
+        yield ctx
+    finally:
+        await ctx.shutdown()
+        for item in creds.values():  # persist its sequence number and release its file lock
+            item._destroy()
+
+
 class Listener:
     """An MQTT subscriber in the test's loop that keeps every message."""
 

@@ -8,10 +8,8 @@ datagram, and the device's keys (from the registry) open requests and answers.
 
 import json
 import signal
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from bench.nodesim import SimNode
 from boards.netem import UdpRelay

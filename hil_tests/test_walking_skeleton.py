@@ -12,10 +12,9 @@ from pathlib import Path
 
 import aiocoap
 import cbor2
-import pytest
-from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore import NotAProtectedMessage
 
+from bench.gwtest import aiocoap_as_device
 from boards.netem import UdpRelay
 from fleet.cli import main as fleet_main
 from fleet.registry import export_oscore
@@ -75,12 +74,8 @@ def test_replayed_frame_is_rejected_and_never_published(testbed, mqtt):
 
 async def _post_all(ctx_dir, port, payloads):
     """POST each payload to /u speaking as the device whose context is in ``ctx_dir``."""
-    creds = CredentialsMap()
-    creds.load_from_dict({"coap://*": {"oscore": {"basedir": str(ctx_dir) + "/"}}})
-    ctx = await aiocoap.Context.create_client_context()
-    ctx.client_credentials = creds
     responses = []
-    try:
+    async with aiocoap_as_device(ctx_dir) as ctx:
         for payload in payloads:
             req = aiocoap.Message(code=aiocoap.POST, uri="coap://127.0.0.1:%d/u" % port,
                                   payload=payload, content_format=112)
@@ -89,10 +84,6 @@ async def _post_all(ctx_dir, port, payloads):
             except NotAProtectedMessage as exc:
                 # an error the gateway's OSCORE layer sent in the clear
                 responses.append(exc.plain_message)
-    finally:
-        await ctx.shutdown()
-        for item in creds.values():  # persist its sequence number and release its file lock
-            item._destroy()
     return responses
 
 

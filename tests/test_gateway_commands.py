@@ -8,30 +8,10 @@ import time
 import cbor2
 import pytest
 
-from bench.gwtest import Listener, Node, make_config, running
+from bench.gwtest import Node, aiocoap_as_device, make_config, running
 from bench.nodesim import SimNode, reading
 from bench.loadgen import percentile
-from boards.broker import Broker
-from fleet.registry import Registry
 from gateway import coap, commands
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
-        yield b
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return Registry("sqlite:///%s" % (tmp_path / "fleet.db"))
-
-
-@pytest.fixture
-async def listener(broker):
-    sub = await Listener().start(broker.port, "city/#")
-    yield sub
-    await sub.close()
 
 
 def outcomes(listener, device):
@@ -220,31 +200,22 @@ async def test_an_observer_gets_commands_pushed_and_periodic_refreshes(tmp_path,
 async def test_aiocoap_can_observe_the_command_resource(tmp_path, broker, registry, listener):
     """A standard OSCORE client (aiocoap with an exported context) as the observer."""
     import aiocoap
-    from aiocoap.credentials import CredentialsMap
     from fleet.registry import export_oscore
 
     device = registry.add_device("lamp-03", "lighting", "north")
     export_oscore(device, tmp_path / "ctx", seq_start=0)
-    async with running(make_config(tmp_path, broker.port, registry.url)) as gw:
-        creds = CredentialsMap()
-        creds.load_from_dict({"coap://*": {"oscore": {"basedir": str(tmp_path / "ctx") + "/"}}})
-        ctx = await aiocoap.Context.create_client_context()
-        ctx.client_credentials = creds
-        try:
-            request = aiocoap.Message(code=aiocoap.GET, observe=0,
-                                      uri="coap://127.0.0.1:%d/c" % gw.config.coap.port)
-            pr = ctx.request(request)
-            first = await asyncio.wait_for(pr.response, 10)
-            assert first.code == aiocoap.CONTENT and cbor2.loads(first.payload)[3] is True
-            await listener.publish("city/north/lamp-03/down",
-                                   b'{"cmd": "hold", "args": {"hold_s": 45}}')
-            note = await asyncio.wait_for(pr.observation.__aiter__().__anext__(), 10)
-            assert cbor2.loads(note.payload)[2] == [[1, "hold", {"hold_s": 45}]]
-            pr.observation.cancel()
-        finally:
-            await ctx.shutdown()
-            for item in creds.values():
-                item._destroy()
+    async with running(make_config(tmp_path, broker.port, registry.url)) as gw, \
+            aiocoap_as_device(tmp_path / "ctx") as ctx:
+        request = aiocoap.Message(code=aiocoap.GET, observe=0,
+                                  uri="coap://127.0.0.1:%d/c" % gw.config.coap.port)
+        pr = ctx.request(request)
+        first = await asyncio.wait_for(pr.response, 10)
+        assert first.code == aiocoap.CONTENT and cbor2.loads(first.payload)[3] is True
+        await listener.publish("city/north/lamp-03/down",
+                               b'{"cmd": "hold", "args": {"hold_s": 45}}')
+        note = await asyncio.wait_for(pr.observation.__aiter__().__anext__(), 10)
+        assert cbor2.loads(note.payload)[2] == [[1, "hold", {"hold_s": 45}]]
+        pr.observation.cancel()
 
 
 # --- the golden mile --------------------------------------------------------------------------

@@ -10,18 +10,11 @@ import subprocess
 
 import pytest
 
-from bench.gwtest import Node, make_config, running
+from bench.gwtest import Node, aiocoap_as_device, make_config, running
 from bench.nodesim import SimNode
-from boards.broker import Broker
 from fleet.registry import Registry, export_oscore
 from gateway import coap
 from gateway.files import FileCache
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
-        yield b
 
 
 def _release(store, version, files):
@@ -102,7 +95,6 @@ async def test_a_node_fetches_a_release_block_by_block(tmp_path, broker):
 
 async def test_aiocoap_fetches_a_file_blockwise_through_oscore(tmp_path, broker):
     import aiocoap
-    from aiocoap.credentials import CredentialsMap
 
     registry = Registry("sqlite:///%s" % (tmp_path / "fleet.db"))
     device = registry.add_device("lamp-01", "lighting", "north")
@@ -110,21 +102,13 @@ async def test_aiocoap_fetches_a_file_blockwise_through_oscore(tmp_path, broker)
     data = os.urandom(3000)
     files = tmp_path / "state" / "files"
     _release(files, "3.0.0", {"manifest": b"m", "app.bin": data})
-    async with running(make_config(tmp_path, broker.port, registry.url)) as gw:
-        creds = CredentialsMap()
-        creds.load_from_dict({"coap://*": {"oscore": {"basedir": str(tmp_path / "ctx") + "/"}}})
-        ctx = await aiocoap.Context.create_client_context()
-        ctx.client_credentials = creds
-        try:
-            request = aiocoap.Message(code=aiocoap.GET, uri="coap://127.0.0.1:%d/f/3.0.0/app.bin"
-                                      % gw.config.coap.port)
-            response = await asyncio.wait_for(ctx.request(request).response, 20)
-            assert response.code == aiocoap.CONTENT
-            assert hashlib.sha256(response.payload).digest() == hashlib.sha256(data).digest()
-        finally:
-            await ctx.shutdown()
-            for item in creds.values():
-                item._destroy()
+    async with running(make_config(tmp_path, broker.port, registry.url)) as gw, \
+            aiocoap_as_device(tmp_path / "ctx") as ctx:
+        request = aiocoap.Message(code=aiocoap.GET, uri="coap://127.0.0.1:%d/f/3.0.0/app.bin"
+                                  % gw.config.coap.port)
+        response = await asyncio.wait_for(ctx.request(request).response, 20)
+        assert response.code == aiocoap.CONTENT
+        assert hashlib.sha256(response.payload).digest() == hashlib.sha256(data).digest()
 
 
 def _coap_client():

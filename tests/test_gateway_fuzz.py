@@ -8,22 +8,13 @@ import asyncio
 import random
 import socket
 
-import cbor2
-import pytest
 
 from bench.gwtest import Node, make_config, running
 from bench.nodesim import SimNode, reading
-from boards.broker import Broker
 from fleet.registry import Registry
 from gateway import coap
 
 FUZZ_DATAGRAMS = 20_000
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
-        yield b
 
 
 def _mutations(rng: random.Random, valid: list[bytes]):

@@ -7,17 +7,14 @@ import os
 import subprocess
 import urllib.request
 
-import pytest
 
 from bench.gwtest import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
 from bench.nodesim import SimNode, reading
-from boards.broker import Broker, find_mosquitto, free_port, wait_for_tcp
+from boards.broker import find_mosquitto, free_port, wait_for_tcp
 from boards.proc import spawn, stop
 from fleet.registry import Registry
-from gateway import coap
 from gateway.cli import main as gateway_main
-from gateway.metrics import serve_http
 
 REQUIRED_METRICS = (
     "gateway_frames_in_total", "gateway_frames_accepted_total", "gateway_frames_published_total",
@@ -26,12 +23,6 @@ REQUIRED_METRICS = (
     'gateway_devices_known{role="lighting"}', "gateway_ack_latency_seconds_bucket",
     "gateway_publish_latency_seconds_count", "gateway_mqtt_connected",
     "gateway_resident_memory_bytes", "gateway_commands_pending")
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
-        yield b
 
 
 def _get(port, path):

@@ -2,36 +2,14 @@
 
 import asyncio
 import json
-import socket
 import time
 
 import cbor2
-import pytest
 
 from bench.gwtest import Listener, Node, make_config, running
 from bench.nodesim import SimNode, reading
 from boards.broker import Broker, free_port
-from fleet.registry import Registry
 from gateway import coap, oscore
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
-        yield b
-
-
-@pytest.fixture
-def registry(tmp_path):
-    url = "sqlite:///%s" % (tmp_path / "fleet.db")
-    return Registry(url)
-
-
-@pytest.fixture
-async def listener(broker):
-    sub = await Listener().start(broker.port, "city/#")
-    yield sub
-    await sub.close()
 
 
 async def test_a_reading_is_answered_with_the_time_and_published_once(tmp_path, broker,
