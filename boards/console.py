@@ -24,6 +24,8 @@ from typing import Callable
 log = logging.getLogger("vboard.console")
 
 _PR_SET_PDEATHSIG = 1
+INPUT_BUFFER = 64 * 1024      # console input waiting for the VM to read it
+OUTPUT_BUFFER = 256 * 1024    # console output waiting for a client that does not read
 
 
 def _serial_line_attrs(fd: int) -> None:
@@ -57,6 +59,7 @@ class VmProcess:
         self._cwd = cwd
         self._on_output = on_output
         self._master = -1
+        self._pending = bytearray()    # stdin bytes the pty could not take yet
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -87,21 +90,42 @@ class VmProcess:
     def _close_master(self) -> None:
         if self._master >= 0:
             asyncio.get_running_loop().remove_reader(self._master)
+            asyncio.get_running_loop().remove_writer(self._master)
+            self._pending.clear()
             os.close(self._master)
             self._master = -1
 
     def write(self, data: bytes) -> None:
+        """Input for the VM's stdin. What the pty cannot take now waits (up to INPUT_BUFFER
+        bytes, then the rest is lost, as on a UART without flow control) and is written when
+        the VM reads; nothing here blocks the loop the other boards share."""
         if self._master < 0:
             return
-        view = memoryview(data)
-        while view:
+        if not self._pending:
             try:
-                n = os.write(self._master, view)
+                data = data[os.write(self._master, data):]
             except BlockingIOError:
-                continue  # the pty buffer is 4 KB; the VM drains it quickly
+                pass
             except OSError:
                 return
-            view = view[n:]
+            if not data:
+                return
+            asyncio.get_running_loop().add_writer(self._master, self._flush)
+        room = INPUT_BUFFER - len(self._pending)
+        if len(data) > room:
+            log.warning("console input overflow: %d bytes lost", len(data) - room)
+        self._pending += data[:room]
+
+    def _flush(self) -> None:
+        try:
+            n = os.write(self._master, self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self._pending)
+        del self._pending[:n]
+        if not self._pending:
+            asyncio.get_running_loop().remove_writer(self._master)
 
     async def wait(self) -> int:
         assert self.proc is not None
@@ -129,6 +153,7 @@ class ConsoleServer:
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.recent: deque[bytes] = deque()
+        self.dropped = 0    # output bytes a client too slow to read did not get
         self._recent_bytes = 0
         self._keep = keep
         self.listeners: list[Callable[[bytes], None]] = []
@@ -170,7 +195,12 @@ class ConsoleServer:
         if not data:
             return
         if self._writer is not None:
-            self._writer.write(data)
+            # A client that stops reading loses output (a UART does not wait either) rather
+            # than growing this process without bound.
+            if self._writer.transport.get_write_buffer_size() < OUTPUT_BUFFER:
+                self._writer.write(data)
+            else:
+                self.dropped += len(data)
         self.recent.append(data)
         self._recent_bytes += len(data)
         while self._recent_bytes > self._keep and len(self.recent) > 1:
