@@ -117,9 +117,13 @@ class Link:
             self.close()        # a new socket next time (the network may have changed)
             return KEEP
         except oscore.UnprotectedResponse as e:
-            self.log("%s: %s %s (provisioning?)" % (path, code_text(e.code),
-                                                    bytes(e.diagnostic).decode()))
-            return DROP if e.code == coap.BAD_OPTION else KEEP
+            # the diagnostic is the sender's text, unauthenticated: shown, never decoded
+            self.log("%s: %s %r (provisioning?)" % (path, code_text(e.code),
+                                                    bytes(e.diagnostic)))
+            if e.code == coap.BAD_OPTION:
+                self.bad_frames += 1
+                return DROP
+            return KEEP
         except (oscore.OscoreError, OSError) as e:
             self.log("%s: %r" % (path, e))
             self.close()

@@ -308,7 +308,8 @@ class Node:
         self.cfg = cfg
         self.link.cfg = cfg
         self.link.close()
-        if self.role is not None:
+        if self.role is not None:       # an always-on role lives on: give it the new config
+            self.role.cfg = cfg
             self.role.configure(cfg.settings)
         if self.config_error:
             self.reboot_pending = True    # a repaired configuration: start the app
@@ -378,11 +379,12 @@ class Node:
             if self.status_due():
                 result = await self.send_status()
             if result != KEEP:         # no answer to the first try: do not wait twice
-                await self.flush()
+                result = await self.flush()
             if self.link.commands or self.state.acks:
                 self.run_commands()
-                await self.flush()       # acknowledge in this wake, not 15 minutes later
-            if self.reboot_pending:
+                if result != KEEP:
+                    await self.flush()   # acknowledge in this wake, not 15 minutes later
+            if self.reboot_pending and not self.state.acks:
                 self.restart()
             self.alive("cycle")
         self._park_outbox()

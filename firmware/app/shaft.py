@@ -240,6 +240,8 @@ class Shaft:
             return fast_s * 1000
         to_report = self.reported_at + self.cfg.interval_s - now if \
             self.flags & _REPORTED else s["sample_s"]
+        if to_report <= 0:      # a report is due but no level was accepted: next sample
+            to_report = s["sample_s"]
         return max(1, min(s["sample_s"], to_report)) * 1000
 
     def _due(self, now, period_s):
