@@ -9,6 +9,7 @@ marks) lives in the one state database (gateway/store.py), not in a file per dev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class DeviceInfo:
     position_m: float | None = None
 
 
+def key_fingerprint(device: Device) -> bytes:
+    """Names the key material without revealing it; stored with the replay window, which
+    belongs to one key (a board re-provisioned with a new key counts from 0 again)."""
+    return hashlib.sha256(device.master_secret + device.master_salt).digest()[:8]
+
+
 class DeviceContext(SecurityContext):
     """A device's security context plus what the gateway remembers about its requests."""
 
@@ -51,7 +58,7 @@ class DeviceContext(SecurityContext):
         self.kid_int = device.kid
         # [seq, mid, unix time, state], newest last
         self.recent: list[list[int]] = []
-        self.secret_fingerprint = hash((device.master_secret, device.master_salt))
+        self.secret_fingerprint = key_fingerprint(device)
 
     def remember(self, seq: int, mid: int, now: float) -> list[int]:
         entry = [seq, mid, int(now), PENDING]
@@ -71,10 +78,12 @@ class DeviceContext(SecurityContext):
                 return None
         return None
 
-    def snapshot(self) -> tuple[int, int, bytes]:
-        """Replay state as stored: the window, and the spooled requests still answerable."""
+    def snapshot(self) -> tuple[int, int, bytes, bytes]:
+        """Replay state as stored: the window, the spooled requests still answerable, and
+        which key they belong to."""
         return (self.window.index, self.window.bits,
-                pack_recent([(e[0], e[1], e[2]) for e in self.recent if e[3] != ANSWERED]))
+                pack_recent([(e[0], e[1], e[2]) for e in self.recent if e[3] != ANSWERED]),
+                self.secret_fingerprint)
 
     def restore(self, idx: int, bits: int, recent: bytes, now: float) -> None:
         self.window = ReplayWindow(idx, bits)
@@ -96,7 +105,7 @@ class ContextStore:
         self.by_kid: dict[bytes, DeviceContext] = {}
         self.by_id: dict[str, DeviceContext] = {}
         self._recent_misses: dict[bytes, float] = {}
-        self._replay: dict[int, tuple[int, int, bytes]] = {}
+        self._replay: dict[int, tuple[int, int, bytes, bytes | None]] = {}
         # All look-ups together, at most LOOKUPS_PER_S: datagrams with random key ids must not
         # turn into a query each (a cheap way to keep the database, and the loop, busy).
         self._lookup_budget = float(LOOKUPS_PER_S)
@@ -104,7 +113,7 @@ class ContextStore:
         self._marks: dict[int, int] = {}
         self.max_kid = 0
 
-    def load_all(self, replay: dict[int, tuple[int, int, bytes]],
+    def load_all(self, replay: dict[int, tuple[int, int, bytes, bytes | None]],
                  marks: dict[int, int]) -> int:
         """Every registered device, with the replay state and sender marks from the store."""
         self._replay = replay
@@ -116,8 +125,10 @@ class ContextStore:
     def add(self, device: Device) -> DeviceContext:
         ctx = DeviceContext(device)
         state = self._replay.pop(device.kid, None)
-        if state is not None:
-            ctx.restore(*state, time.time())
+        # State kept under another key (rotated while the gateway was down) is not this key's:
+        # the device starts with an Echo exchange. (None: stored before keys were named.)
+        if state is not None and state[3] in (None, ctx.secret_fingerprint):
+            ctx.restore(*state[:3], time.time())
         mark = self._marks.pop(device.kid, 0)
         # Numbers below the mark may have been used before a crash: start at the mark.
         ctx.sender_seq = ctx.seq_mark = mark
@@ -185,8 +196,7 @@ class ContextStore:
         self._recent_misses[kid] = now
         self._metrics.inc("registry_lookups_total")
         device = self._registry.by_kid(ctx.kid_int)
-        if device is None or hash((device.master_secret, device.master_salt)) \
-                == ctx.secret_fingerprint:
+        if device is None or key_fingerprint(device) == ctx.secret_fingerprint:
             return None
         log.info("device=%s has new key material in the registry; context replaced", device.id)
         fresh = DeviceContext(device)

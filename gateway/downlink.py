@@ -106,7 +106,7 @@ class Downlink:
         Returns the queued command, or None when it was refused."""
         try:
             msg = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:     # RecursionError: [[[[... nested deep
             self._outcome(info, None, REFUSED, now, reason="not JSON: %s" % exc)
             return None
         if not isinstance(msg, dict):

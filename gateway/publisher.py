@@ -121,7 +121,9 @@ class Publisher:
     async def _session(self) -> None:
         cfg = self.cfg
         client = MqttClient(max_inflight=cfg.max_inflight)
-        client.on_message = self._message
+        # Bound to this session's client: commands the broker kept for us arrive before the
+        # subscription returns, and their PUBACK must go on the connection they came on.
+        client.on_message = lambda *message: self._message(client, *message)
         await client.connect(cfg.host, cfg.port, "citytestbed-gw-%s" % self.gateway_id,
                              keepalive=cfg.keepalive_s, clean_session=False,
                              will=Will(self.state_topic, b"offline", 1, True),
@@ -208,18 +210,19 @@ class Publisher:
 
     # --- commands in ----------------------------------------------------------------------
 
-    def _message(self, topic: str, payload: bytes, qos: int, pid: int) -> None:
-        client = self.client
+    def _message(self, client: MqttClient, topic: str, payload: bytes, qos: int,
+                 pid: int) -> None:
         prefix = self.cfg.prefix + "/"
         parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
         if len(parts) != 3 or parts[2] != "down" or self.on_command is None:
-            if qos and client is not None:
+            if qos:
                 client.ack(pid)
             return
 
         def done() -> None:
-            # Acknowledged only once the command is durable in the queue (or refused).
-            if qos and self.client is client and client is not None:
+            # Acknowledged only once the command is durable in the queue (or refused); on a
+            # connection that has gone since, the broker sends it again (ack does nothing).
+            if qos:
                 client.ack(pid)
 
         self.on_command(parts[0], parts[1], payload, done)

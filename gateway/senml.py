@@ -13,6 +13,7 @@ from gateway.vocabulary import BY_NAME
 MAX_PAYLOAD = 1024
 MAX_RECORDS = 64
 RELATIVE_TIME_LIMIT = 2 ** 28  # RFC 8428 §4.5.3
+LATEST_TIME = 4102444800      # 2100-01-01: later absolute times are garbage, not readings
 
 _BN, _BT, _N, _U, _V, _VS, _VB, _T = -2, -3, 0, 1, 2, 3, 4, 6
 _VALUE_LABEL = {"v": _V, "vs": _VS, "vb": _VB}
@@ -100,6 +101,9 @@ def decode(payload: bytes, received_at: float) -> list[Record]:
         t = base_time if t is None else base_time + _number(t, "t")
         if -RELATIVE_TIME_LIMIT < t < RELATIVE_TIME_LIMIT:
             t = received_at + t
+        if not 0 <= t < LATEST_TIME:     # also NaN; JSON and SensorThings could not show it
+            raise FrameError("bad_time", "record %d: time %r is not between 1970 and 2100"
+                             % (index, t))
         records.append(Record(name, value, float(t)))
         index += 1
     return records

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY, kid INTEGER NOT NULL, received_at REAL NOT NULL,
     topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS replay (
-    kid INTEGER PRIMARY KEY, idx INTEGER NOT NULL, bits INTEGER NOT NULL, recent BLOB NOT NULL);
+    kid INTEGER PRIMARY KEY, idx INTEGER NOT NULL, bits INTEGER NOT NULL, recent BLOB NOT NULL,
+    key BLOB);
 CREATE TABLE IF NOT EXISTS sender_seq (kid INTEGER PRIMARY KEY, mark INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
     device TEXT NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
@@ -73,7 +74,7 @@ class Batch:
 
     # (id, kid, received_at, topic, payload, retain)
     rows: list[tuple[int, int, float, str, bytes, int]] = field(default_factory=list)
-    replay: dict[int, tuple[int, int, bytes]] = field(default_factory=dict)
+    replay: dict[int, tuple[int, int, bytes, bytes]] = field(default_factory=dict)
     marks: dict[int, int] = field(default_factory=dict)
     deletes: list[int] = field(default_factory=list)
     commands: list[tuple] = field(default_factory=list)          # full rows, upserted
@@ -93,7 +94,7 @@ class Batch:
 class Loaded:
     """What the gateway finds in the state file at start."""
 
-    replay: dict[int, tuple[int, int, bytes]]
+    replay: dict[int, tuple[int, int, bytes, bytes | None]]
     marks: dict[int, int]
     commands: list[tuple]
     command_ids: dict[str, int]
@@ -123,6 +124,8 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")     # a commit survives a power cut
         db.execute("PRAGMA wal_autocheckpoint=4000")
         db.executescript(SCHEMA)
+        if "key" not in [col[1] for col in db.execute("PRAGMA table_info(replay)")]:
+            db.execute("ALTER TABLE replay ADD COLUMN key BLOB")    # a spool from before
         self._db = db
         self._import_old_sequence_file()
         top = db.execute("SELECT max(id), count(*), total(length(topic) + length(payload)) "
@@ -130,8 +133,8 @@ class Store:
         self._next_id = (top[0] or 0) + 1
         self.rows, self.bytes = top[1], int(top[2])
         self.refresh_oldest()
-        replay = {kid: (idx, bits, recent) for kid, idx, bits, recent
-                  in db.execute("SELECT kid, idx, bits, recent FROM replay")}
+        replay = {kid: (idx, bits, recent, key) for kid, idx, bits, recent, key
+                  in db.execute("SELECT kid, idx, bits, recent, key FROM replay")}
         marks = dict(db.execute("SELECT kid, mark FROM sender_seq"))
         commands = db.execute("SELECT device, id, name, args, ref, created, expires, delivered "
                               "FROM commands ORDER BY device, id").fetchall()
@@ -176,8 +179,8 @@ class Store:
                     db.executemany("INSERT INTO spool(id, kid, received_at, topic, payload, "
                                    "retain) VALUES(?, ?, ?, ?, ?, ?)", b.rows)
                 if b.replay:
-                    db.executemany("INSERT OR REPLACE INTO replay(kid, idx, bits, recent) "
-                                   "VALUES(?, ?, ?, ?)",
+                    db.executemany("INSERT OR REPLACE INTO replay(kid, idx, bits, recent, "
+                                   "key) VALUES(?, ?, ?, ?, ?)",
                                    [(k, *v) for k, v in b.replay.items()])
                 if b.marks:
                     db.executemany("INSERT OR REPLACE INTO sender_seq(kid, mark) VALUES(?, ?)",
@@ -243,7 +246,10 @@ class Store:
         """Drop readings older than ``max_age_s`` and, with ``make_room``, the oldest ones
         beyond the size limits. Returns (dropped for age, dropped for size)."""
         lim = self.limits
-        by_age = self._drop("received_at < ?", (now - lim.max_age_s,))
+        cutoff = now - lim.max_age_s
+        # received_at has no index: only scan when the oldest row is old enough to go
+        by_age = (self._drop("received_at < ?", (cutoff,))
+                  if self.oldest_at is not None and self.oldest_at < cutoff else 0)
         by_size = 0
         if make_room:
             while self.full():

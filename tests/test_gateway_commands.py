@@ -283,3 +283,33 @@ async def test_presence_drained_late_from_a_queue_boosts_nobody(tmp_path, broker
         assert gw.metrics.value("neighbour_boosts_total") == 1
         walker.close()
         neighbour.close()
+
+
+async def test_commands_kept_by_the_broker_while_the_gateway_was_away_are_queued_once(
+        tmp_path, broker, registry, listener):
+    """The broker delivers them as the gateway's persistent session resumes, before its
+    subscribe returns; each must be acknowledged on that connection, or every restart would
+    queue (and a node carry out) them again."""
+    registry.add_device("shaft-01", "shaft", "north")
+    cfg = make_config(tmp_path, broker.port, registry.url)
+    async with running(cfg):
+        pass                              # the session (and its subscription) now exists
+    for n in (1, 2):
+        await listener.publish("city/north/shaft-01/down",
+                               b'{"cmd": "config", "args": {"interval_s": %d}}' % (600 * n))
+    for _ in range(2):
+        async with running(cfg):
+            await asyncio.sleep(0.5)
+    await asyncio.sleep(0.2)
+    assert outcomes(listener, "shaft-01") == [(1, "queued"), (2, "queued")]
+
+
+async def test_a_command_nested_beyond_json_depth_is_refused_and_the_gateway_stays(
+        tmp_path, broker, registry, listener):
+    registry.add_device("shaft-02", "shaft", "north")
+    async with running(make_config(tmp_path, broker.port, registry.url)) as gw:
+        await listener.publish("city/north/shaft-02/down", b"[" * 100_000)
+        await listener.publish("city/north/shaft-02/down", b'{"cmd": "reboot"}')
+        await listener.wait_for("shaft-02/outcome", 2)
+        assert [o for _, o in outcomes(listener, "shaft-02")] == ["refused", "queued"]
+        assert gw.metrics.value("mqtt_connects_total") == 1

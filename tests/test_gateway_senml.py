@@ -55,6 +55,10 @@ def test_booleans_and_strings_keep_their_kind():
     (cbor2.dumps([{0: "level", 2: True}]), "bad_value"),     # bool is not an integer
     (cbor2.dumps([{0: "level", 2: 1}, {-3: 5, 0: "dist", 2: 1}]), "bad_senml"),
     (cbor2.dumps([{0: "level", 2: 1, 6: "soon"}]), "bad_time"),
+    (cbor2.dumps([{-3: float("nan"), 0: "level", 2: 1}]), "bad_time"),
+    (cbor2.dumps([{0: "level", 2: 1, 6: float("inf")}]), "bad_time"),
+    (cbor2.dumps([{-3: 10 ** 400, 0: "level", 2: 1}]), "bad_time"),
+    (cbor2.dumps([{-3: 5e12, 0: "level", 2: 1}]), "bad_time"),     # milliseconds, not s
     (cbor2.dumps([{0: "level", 2: i} for i in range(65)]), "bad_senml"),
     (b"\x80" * 2000, "too_large"),
 ])

@@ -4,8 +4,11 @@ import asyncio
 import sqlite3
 import time
 
+import pytest
+
 from gateway.config import SpoolConfig
-from gateway.store import Batch, GroupCommitter, Store, pack_recent, unpack_recent
+from gateway.store import (Batch, GroupCommitter, Store, StoreError, pack_recent,
+                           unpack_recent)
 
 
 def _row(store, kid=1, t=None, size=10):
@@ -15,7 +18,7 @@ def _row(store, kid=1, t=None, size=10):
 def test_everything_in_a_batch_is_durable_together(tmp_path):
     store = Store(tmp_path / "gw.sqlite", SpoolConfig())
     store.open()
-    batch = Batch(rows=[_row(store), _row(store)], replay={7: (100, 5, pack_recent([(100, 3, 9)]))},
+    batch = Batch(rows=[_row(store), _row(store)], replay={7: (100, 5, pack_recent([(100, 3, 9)]), b"key-fp-7")},
                   marks={7: 64}, commands=[("dev", 1, "reboot", "{}", None, 1.0, 2.0, None)],
                   command_ids={"dev": 1})
     store.commit(batch)
@@ -23,7 +26,7 @@ def test_everything_in_a_batch_is_durable_together(tmp_path):
     again = Store(tmp_path / "gw.sqlite", SpoolConfig())
     loaded = again.open()
     assert loaded.spool_rows == 2 and again.rows == 2 and again.bytes == 2 * (11 + 10)
-    assert loaded.replay == {7: (100, 5, pack_recent([(100, 3, 9)]))}
+    assert loaded.replay == {7: (100, 5, pack_recent([(100, 3, 9)]), b"key-fp-7")}
     assert loaded.marks == {7: 64}
     assert loaded.commands == [("dev", 1, "reboot", "{}", None, 1.0, 2.0, None)]
     assert loaded.command_ids == {"dev": 1}
@@ -37,12 +40,22 @@ def test_a_failed_commit_leaves_nothing_half_written(tmp_path):
     good = _row(store)
     store.commit(Batch(rows=[good]))
     bad = Batch(rows=[_row(store), good])       # the second row repeats a primary key
-    try:
+    with pytest.raises(StoreError, match="cannot write"):
         store.commit(bad)
-    except Exception as exc:
-        assert "cannot write" in str(exc)
     assert store.rows == 1
     assert len(store.read_rows(0, 10)) == 1
+
+
+def test_a_spool_from_before_keys_were_named_opens_with_its_replay_state(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE replay (kid INTEGER PRIMARY KEY, idx INTEGER NOT NULL, "
+               "bits INTEGER NOT NULL, recent BLOB NOT NULL)")
+    db.execute("INSERT INTO replay VALUES (7, 100, 5, x'')")
+    db.commit()
+    db.close()
+    loaded = Store(path, SpoolConfig()).open()
+    assert loaded.replay == {7: (100, 5, b"", None)}
 
 
 def test_recent_requests_pack_and_unpack():

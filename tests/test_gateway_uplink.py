@@ -197,3 +197,22 @@ async def test_a_board_under_a_rotated_key_counting_from_zero_is_heard(tmp_path,
         assert gw.metrics.value("frames_rejected_total", reason="bad_tag") == 1
         old.close()
         new.close()
+
+
+async def test_a_key_rotated_while_the_gateway_was_down_starts_a_fresh_window(
+        tmp_path, broker, registry, listener):
+    """The replay window stored for the old key is not the new key's: after a restart the
+    spare board counting from 0 gets an Echo exchange, not "Replay detected"."""
+    device = registry.add_device("shaft-08", "shaft", "north")
+    cfg = make_config(tmp_path, broker.port, registry.url)
+    async with running(cfg) as gw:
+        old = Node(SimNode.of(device, seq=500), gw.config.coap.port)
+        assert (await old.post("u", reading(1000))).code == coap.CHANGED
+        old.close()
+    rotated = registry.rotate_key("shaft-08")
+    async with running(cfg) as gw:
+        new = Node(SimNode.of(rotated), gw.config.coap.port)
+        assert (await new.post("u", reading(2000))).code == coap.CHANGED
+        assert gw.metrics.value("frames_rejected_total", reason="replay") == 0
+        assert gw.metrics.value("echo_challenges_total") == 1
+        new.close()
