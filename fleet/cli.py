@@ -7,6 +7,7 @@ fleet.batch, fleet.push, fleet.firmware); scripts and tests use those functions 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
@@ -178,6 +179,10 @@ def _cmd_ports(reg: Registry, args: argparse.Namespace) -> int:
 
 # --- provisioning --------------------------------------------------------------------------
 
+# config.json keys that identify the device and its network: never overridden by --set.
+OWN_KEYS = ("id", "role", "site", "gateway", "wifi", "oscore")
+
+
 def _settings(pairs: list[str]) -> dict:
     """--set interval_s=60 --set shaft.depth_mm=3000 -> {"interval_s": 60, "shaft": {...}}."""
     out: dict = {}
@@ -190,6 +195,10 @@ def _settings(pairs: list[str]) -> dict:
             value = json.loads(text)
         except ValueError:
             value = text
+        if key.split(".")[0] in OWN_KEYS:
+            raise FleetError("--set %s: %s comes from the registry and the site profile, not "
+                             "from --set (fleet site set, fleet device ...)"
+                             % (pair, key.split(".")[0]), "usage")
         node = out
         *path, last = key.split(".")
         for part in path:
@@ -198,38 +207,42 @@ def _settings(pairs: list[str]) -> dict:
     return out
 
 
-def _options(reg: Registry, args: argparse.Namespace, site_name: str | None):
-    """Board, firmware and app for a run: command line first, then the site profile."""
+def _options(reg: Registry, args: argparse.Namespace):
+    """How a run chooses each board's definition and firmware (the command line, else the
+    board the device was provisioned on and its site's profile), and the app it writes."""
     from fleet.firmware import cache_dir, find_firmware
     from fleet.provision import Options, build_node_app
 
-    site = reg.site(site_name) if site_name else None
-    board = _board(args.board or (site.board if site and site.board else "esp32-devkitc"))
-    spec = args.firmware or (site.firmware if site else None)
-    firmware = find_firmware(spec, board, cache_dir(args.firmware_cache))
+    cache = cache_dir(args.firmware_cache)
+
+    def choose(device):
+        site_name = device.site if device is not None else args.site
+        site = reg.site(site_name) if site_name else None
+        board = _board(args.board or (device.board if device is not None else None)
+                       or (site.board if site else None) or "esp32-devkitc")
+        return board, find_firmware(args.firmware or (site.firmware if site else None),
+                                    board, cache)
+
+    device_id = getattr(args, "device", None)
+    if device_id or args.site:
+        # What the board becomes is known before the port opens: a missing or mismatched
+        # image is refused now, before anything touches the board.
+        known = None
+        with contextlib.suppress(RegistryError):
+            known = reg.get(device_id) if device_id else None
+        choose(known)
     app = build_node_app(Path(args.app_source) if args.app_source else None)
-    return Options(board=board, firmware=firmware, app=app, rotate_key=args.rotate_key,
+    return Options(choose=choose, app=app, rotate_key=args.rotate_key,
                    force_firmware=args.force_firmware, reassign=args.reassign,
                    settings=_settings(args.set), wait=not args.no_wait,
                    uplink_timeout_s=args.uplink_timeout, baud=args.baud, stub=not args.no_stub)
-
-
-def _site_of(reg: Registry, args: argparse.Namespace) -> str | None:
-    if args.site:
-        return args.site
-    if getattr(args, "device", None):
-        try:
-            return reg.get(args.device).site
-        except RegistryError:
-            return None
-    return None
 
 
 def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
     from fleet.progress import Progress
     from fleet.provision import Target, provision, summary
 
-    options = _options(reg, args, _site_of(reg, args))
+    options = _options(reg, args)
     target = Target(args.device, args.role, args.site)
     result = provision(reg, args.port, target, options, Progress(quiet=args.quiet))
     print(summary(result))
@@ -241,7 +254,14 @@ def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
     from fleet.progress import Progress
     from fleet.provision import Target
 
-    options = _options(reg, args, args.site)
+    try:
+        distinct = args.names.format(n=1) != args.names.format(n=2)
+    except (KeyError, IndexError, ValueError):
+        distinct = False
+    if not distinct:
+        raise FleetError("--names %s: the pattern needs {n} (e.g. 'shaft-{n:02d}') so that "
+                         "each board gets its own name" % args.names, "usage")
+    options = _options(reg, args)
     target = Target(role=args.role, site=args.site, name_pattern=args.names, first=args.first)
     source = (batch.ports_in_folder(Path(args.ports_dir)) if args.ports_dir
               else batch.usb_serial_ports(args.ports))
@@ -311,10 +331,12 @@ def _firmware_dir() -> Path:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", help="board definition (boards/definitions.py; default: the "
-                                   "site profile's, else esp32-devkitc)")
+                                   "board the device was provisioned on, else its site "
+                                   "profile's, else esp32-devkitc)")
     p.add_argument("--firmware", metavar="FILE|VERSION",
                    help="MicroPython image file, or a version in the firmware cache "
-                        "(default: the site profile's, else the newest cached for the board)")
+                        "(default: the device's site profile's, else the newest cached for "
+                        "the board)")
     p.add_argument("--firmware-cache", metavar="DIR",
                    help="firmware cache folder (default: $FLEET_FIRMWARE_CACHE, else "
                         "~/.cache/citytestbed/firmware)")
@@ -322,7 +344,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="the node application to install (default: the repository's firmware/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="node setting stored for the device and written to its config.json, "
-                        "e.g. interval_s=300 or shaft.depth_mm=3000 (repeatable)")
+                        "e.g. interval_s=300 or shaft.depth_mm=3000 (repeatable; not id, "
+                        "role, site, gateway, wifi, oscore)")
     p.add_argument("--rotate-key", action="store_true",
                    help="make a new OSCORE master secret for the device (needed for a device "
                         "whose key was on another board)")

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import count
+from typing import Callable
 
 from boards.definitions import Board, Partition
 from boards.flash import FlashError, filesystem_partition
@@ -80,8 +81,10 @@ class Target:
 
 @dataclass(frozen=True)
 class Options:
-    board: Board
-    firmware: FirmwareImage
+    # Board definition and firmware image for a board, given the device it is known as (None:
+    # a new device): what the command line says, else the device's recorded board and its
+    # site's profile. Chosen once the chip has been identified, before anything is written.
+    choose: Callable[[Device | None], tuple[Board, FirmwareImage]]
     app: AppBuild
     rotate_key: bool = False
     force_firmware: bool = False
@@ -139,6 +142,8 @@ class _Run:
         self.target = target
         self.options = options
         self.progress = progress
+        self.board: Board | None = None             # chosen once the chip is identified
+        self.firmware: FirmwareImage | None = None
         self.device: Device | None = None
         self.wrote = False
         self.registered = False       # this run added the device to the registry
@@ -229,12 +234,13 @@ class _Run:
     def _plan(self, chip, site: Site | None) -> "_Plan":
         """Everything decided before anything is written; every refusal happens here."""
         opts = self.options
-        chip.info.check(opts.board)
+        self.board, self.firmware = opts.choose(self._known_device(chip.info.mac))
+        chip.info.check(self.board)
         board_fw = read_board_firmware(chip)
         old_fs = board_fw.filesystem()
         old_files = (boardfs.read_node_files(ChipFlash(chip), old_fs)
                      if old_fs is not None else {})
-        fw_offset, fw_data, why = firmware_plan(opts.firmware, board_fw, chip,
+        fw_offset, fw_data, why = firmware_plan(self.firmware, board_fw, chip,
                                                 force=opts.force_firmware)
         fs_part = self._filesystem_after(board_fw, bool(fw_data))
         device = self._device_for(chip.info.mac)
@@ -250,7 +256,7 @@ class _Run:
                      image)
 
     def _write_firmware(self, chip, plan: "_Plan", result: Result) -> None:
-        firmware = self.options.firmware
+        firmware = self.firmware
         with self.progress.step("firmware") as step:
             if plan.fw_data:
                 chip.write(plan.fw_offset, plan.fw_data, step.update)
@@ -279,6 +285,15 @@ class _Run:
             step.result = "%d app files (%s) + config.json into %s at 0x%x" % (
                 len(self.options.app.files), self.options.app.version, plan.fs_part.name,
                 plan.fs_part.offset)
+
+    def _known_device(self, mac: str) -> Device | None:
+        """The registered device this board is to become, if there is one (nothing changes)."""
+        if self.target.device_id:
+            try:
+                return self.registry.get(self.target.device_id)
+            except RegistryError:
+                return None
+        return self.registry.by_mac(mac)
 
     def _device_for(self, mac: str) -> Device:
         t = self.target
@@ -330,8 +345,8 @@ class _Run:
     def _filesystem_after(self, board_fw: BoardFirmware, writing_firmware: bool) -> Partition:
         """The filesystem partition the board will have: the image's table when a full image
         is written, else the table on the board."""
-        parts = (self.options.firmware.partitions if writing_firmware
-                 and self.options.firmware.merged else board_fw.partitions)
+        parts = (self.firmware.partitions if writing_firmware
+                 and self.firmware.merged else board_fw.partitions)
         try:
             return filesystem_partition(parts or ())
         except FlashError:
@@ -357,7 +372,7 @@ class _Run:
     def _fs_image(self, device: Device, site: Site, settings: dict, part: Partition,
                   mark: int | None) -> bytes:
         extra = {k: v for k, v in settings.items() if k != "interval_s"}
-        pins = self.options.board.pins.get(device.role)
+        pins = self.board.pins.get(device.role)
         if pins:
             extra.setdefault("pins", pins)
         profile = SiteProfile(gateway_host=site.gateway_host, gateway_port=site.gateway_port,
@@ -377,7 +392,7 @@ class _Run:
                 provision_message="its board (MAC %s) was re-provisioned as %s"
                                   % (mac, plan.device.id))
         self.registry.record_provisioning(
-            plan.device.id, mac=mac, board=self.options.board.name, provisioned_at=None,
+            plan.device.id, mac=mac, board=self.board.name, provisioned_at=None,
             provision_status="writing",
             node_settings=json.dumps(plan.settings, sort_keys=True),
             provision_message="writing on %s since %s" % (self.port, _now().isoformat(

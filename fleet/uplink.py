@@ -53,7 +53,7 @@ class UplinkWatch:
                                                           else 1883))
         except OSError as exc:
             raise FleetError("cannot reach the site's MQTT broker %s (%s): check the site "
-                             "profile (`fleet site show`), or provision with --no-wait"
+                             "profile (`fleet site list`), or provision with --no-wait"
                              % (url, exc.strerror or exc), NO_BROKER) from None
         client.loop_start()
         if not self._subscribed.wait(connect_timeout_s):

@@ -138,6 +138,13 @@ def test_second_run_skips_the_firmware_and_the_node_keeps_its_counter(testbed, s
     assert run_fleet(capsys, argv)[0] == 0
     mqtt.wait_for(_up("shaft-01"), timeout=20)
     seen = len(mqtt.messages)
+    # A newer image arrives in the cache, but the site stays on v1.24.1: a run that names only
+    # the port must follow the profile of the site the board's device belongs to.
+    newer = cache.parent / "ESP32_GENERIC-20250415-v1.25.0.bin"
+    newer.write_bytes(merged_image(BOARD, build_app_image("micropython", "v1.25.0")))
+    add_to_cache(newer, BOARD, cache)
+    assert fleet_main(["--registry", testbed.registry_url, "site", "set", "north",
+                       "--firmware", "v1.24.1"]) == 0
     # Again, now found by its MAC: the firmware is already there, the settings are remembered.
     started = time.monotonic()
     code, out, err = run_fleet(capsys, fleet(testbed, cache, "provision", dut.rom_url))

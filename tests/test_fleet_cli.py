@@ -49,6 +49,16 @@ def test_settings_from_the_command_line():
         "standin": {"dist_mm": 1766}}
     with pytest.raises(FleetError, match="write KEY=VALUE"):
         _settings(["depth"])
+    # what names the device and reaches its gateway is the registry's, never a --set
+    for pair in ("id=shaft-99", "oscore.secret=00", "gateway.host=10.9.9.9", "wifi.psk=x"):
+        with pytest.raises(FleetError, match="comes from the registry and the site profile"):
+            _settings([pair])
+
+
+def test_batch_refuses_a_name_pattern_without_n(registry, capsys):
+    code, _, err = run(capsys, registry + ["batch", "--site", "north", "--role", "shaft",
+                                           "--names", "shaft", "--count", "1"])
+    assert code != 0 and "the pattern needs {n}" in err
 
 
 def test_firmware_cache_add_and_list(registry, capsys, tmp_path):
