@@ -53,7 +53,7 @@ def describe(path: Path, cfg: gwconfig.GatewayConfig) -> str:
         "  mqtt      %s prefix %s%s%s" % (m.url, m.prefix,
                                           ", user %s" % m.username if m.username else "",
                                           ", CA %s" % m.ca_file if m.ca_file else ""),
-        "  registry  %s" % cfg.registry.url,
+        "  registry  %s" % cfg.registry.shown,
         "  http      %s" % ("%s:%d (/metrics, /health)" % (cfg.http.bind, cfg.http.port)
                             if cfg.http.port else "off"),
         "  spool     at most %d readings / %d MB / %.0f s old, when full: %s"
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(describe(args.config, cfg))
         return 0
-    logs.setup(cfg.log_level, cfg.log_format, [cfg.mqtt.password or ""])
+    logs.setup(cfg.log_level, cfg.log_format, [cfg.mqtt.password or "", cfg.registry.password or ""])
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         asyncio.run(_run(cfg))

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from gateway.errors import ConfigError
 
 
@@ -71,6 +73,15 @@ class RegistryConfig:
     # How often an unknown key id may trigger a registry look-up (new devices appear without a
     # restart, but a flood of bogus key ids cannot hammer the database).
     refresh_interval_s: float = 2.0
+
+    @property
+    def password(self) -> str | None:
+        return make_url(self.url).password
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs and messages show it: without the database password."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,15 @@ def _port(value: int, key: str, where: str, *, allow_zero: bool = False) -> int:
     return value
 
 
+def _registry_url(url: str, where: str) -> str:
+    try:
+        make_url(url)
+    except Exception:       # sqlalchemy's ArgumentError, ValueError for a bad port
+        raise ConfigError("%s: [registry] url must be an SQLAlchemy URL such as "
+                          "sqlite:////var/lib/citytestbed/fleet.db, not %r" % (where, url)) from None
+    return url
+
+
 def _address(value: str, key: str, where: str) -> str:
     try:
         ipaddress.ip_address(value)
@@ -224,6 +244,9 @@ def _mqtt(data: dict, where: str) -> MqttConfig:
         parts.port
     except ValueError:
         raise ConfigError("%s: [mqtt] url has an invalid port: %r" % (where, url)) from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("%s: [mqtt] url must not carry a user name or password: put them in "
+                          "[mqtt] username and password" % where)
     prefix = r.get("prefix", str, None)
     if not prefix or not _PREFIX_RE.match(prefix):
         raise ConfigError("%s: [mqtt] prefix must be a topic prefix without wildcards or "
@@ -299,7 +322,7 @@ def parse(data: dict, where: str = "config") -> GatewayConfig:
             port=_port(coap.get("port", int, None), "[coap] port", where)),
         mqtt=mqtt,
         registry=RegistryConfig(
-            url=reg.get("url", str, None),
+            url=_registry_url(reg.get("url", str, None), where),
             refresh_interval_s=reg.number("refresh_interval_s", float, 2.0, 0, 3600)),
         http=HttpConfig(
             bind=_address(http.get("bind", str, "127.0.0.1"), "[http] bind", where),

@@ -2,9 +2,10 @@
 
 Two formats: ``text`` (``time level logger: message``, with ``key=value`` pairs in the message)
 for journald and people, ``json`` (one object per line) for log shippers. Every record passes a
-filter that blanks out what looks like key material (hex or base64 runs of 16 bytes and more)
-and any secret the configuration holds (the MQTT password), so a careless log call elsewhere
-(or in a library) cannot leak a master secret.
+filter that blanks out what looks like key material (hex runs of 16 bytes and more, base64 runs
+of 30 bytes and more: shorter base64 cannot be told from a path) and any secret the
+configuration holds (the MQTT and database passwords), so a careless log call elsewhere (or in
+a library) cannot leak a master secret: the gateway itself only ever holds keys as bytes.
 """
 
 from __future__ import annotations

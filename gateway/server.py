@@ -107,7 +107,7 @@ class Gateway:
                                                loaded.marks)
         except SQLAlchemyError as exc:
             raise StartError("cannot read the registry %s: %s" % (
-                cfg.registry.url, str(exc).splitlines()[0])) from None
+                cfg.registry.shown, str(exc).splitlines()[0])) from None
         self.downlink = Downlink(cfg.downlink, self._spool_outcome, lambda: self.committer.batch,
                                  self.metrics)
         self.downlink.load(loaded.commands, loaded.command_ids)
@@ -128,7 +128,7 @@ class Gateway:
             self._http = await serve_http(self.metrics, cfg.http.bind, cfg.http.port,
                                           self.health)
         log.info("gateway %s listening on coap://%s:%d with %d devices from %s; spool holds "
-                 "%d readings", cfg.id, cfg.coap.bind, cfg.coap.port, count, cfg.registry.url,
+                 "%d readings", cfg.id, cfg.coap.bind, cfg.coap.port, count, cfg.registry.shown,
                  loaded.spool_rows)
         return self
 

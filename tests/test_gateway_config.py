@@ -52,6 +52,9 @@ def test_minimal_file_loads(tmp_path):
     (lambda t: t + '\n[gateway]\nid = "gw 1"\n', "[gateway] id"),
     (lambda t: t + '\n[outputs]\nhome_assistant_prefix = "ha/#"\n', "wildcards"),
     (lambda t: t + '\n[log]\nformat = "xml"\n', "text, json"),
+    (lambda t: t.replace("mqtt://broker.local", "mqtt://gw:pw@broker.local"),
+     "must not carry a user name or password"),
+    (lambda t: t.replace('url = "sqlite:///fleet.db"', 'url = "fleet.db"'), "SQLAlchemy URL"),
 ])
 def test_mistakes_are_named(tmp_path, edit, message):
     path = tmp_path / "gw.toml"
@@ -72,6 +75,16 @@ def test_check_config(tmp_path, capsys):
     path.write_text(GOOD)
     assert gateway_main(["check-config", "--config", str(path)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_the_database_password_is_never_shown(tmp_path, capsys):
+    path = tmp_path / "gw.toml"
+    path.write_text(GOOD.replace('url = "sqlite:///fleet.db"',
+                                 'url = "postgresql://fleet:s3cret-db-pw@db.local/fleet"'))
+    assert gateway_main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "postgresql://fleet:***@db.local/fleet" in out and "s3cret-db-pw" not in out
+    assert config.load(path).registry.password == "s3cret-db-pw"    # for the log filter
 
 
 def test_every_optional_section_has_defaults(tmp_path):
