@@ -321,6 +321,8 @@ class Endpoint:
         if repeat is not None:
             ex.repeat = True
             ex.entry = repeat
+            if repeat[3] == ANSWERED:   # its first answer stored nothing (a 5.03): it is
+                repeat[3] = PENDING     # processed anew, and remembered as the first was
             self._take_own_piv(ex)
         else:
             ex.entry = ctx.remember(seq, msg.mid, now)

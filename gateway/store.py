@@ -359,6 +359,13 @@ class GroupCommitter:
         ok = not future.cancelled() and future.exception() is None
         if not ok and not future.cancelled():
             log.error("state commit failed: %s", future.exception())
+            # Sender marks were raised in memory when their numbers were handed out; if they
+            # were not stored, a restart would hand the same numbers (nonces) out again. They
+            # and the replay windows go with the next commit; the readings were refused.
+            for kid, mark in batch.marks.items():
+                self.batch.marks[kid] = max(mark, self.batch.marks.get(kid, 0))
+            for kid, state in batch.replay.items():
+                self.batch.replay.setdefault(kid, state)
             if self._on_error:
                 self._on_error(future.exception())
         else:

@@ -107,3 +107,27 @@ async def test_group_commit_batches_while_a_commit_runs(tmp_path):
     assert store.rows == 500
     committer.close()
     store.close()
+
+
+async def test_sender_marks_of_a_failed_commit_go_with_the_next(tmp_path):
+    """A mark is raised in memory when its numbers are handed out: lost with a failed commit
+    (a full disk), a restart would hand the same OSCORE nonces out again."""
+    store = Store(tmp_path / "gw.sqlite", SpoolConfig())
+    store.open()
+    real_commit, calls = store.commit, []
+
+    def commit(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise StoreError("cannot write the spool: database or disk is full")
+        return real_commit(batch)
+    store.commit = commit
+    committer = GroupCommitter(store)
+    committer.batch.marks[7] = 128
+    committer.batch.rows.append(_row(store))
+    committer.kick()
+    await committer.flush()
+    assert len(calls) == 2 and calls[1].marks == {7: 128} and not calls[1].rows
+    committer.close()
+    store.close()
+    assert Store(tmp_path / "gw.sqlite", SpoolConfig()).open().marks == {7: 128}

@@ -100,6 +100,30 @@ async def test_a_full_spool_answers_5_03_and_the_node_keeps_its_reading(tmp_path
         node.close()
 
 
+async def test_a_reading_refused_for_a_full_spool_and_resent_twice_is_stored_once(
+        tmp_path, registry):
+    device = registry.add_device("shaft-09", "shaft", "north")
+    port = free_port()
+    cfg = make_config(tmp_path, port, registry.url, spool={"max_rows": 100})
+    async with running(cfg, connected=False) as gw:
+        node = Node(SimNode.of(device), gw.config.coap.port)
+        for i in range(99):
+            await node.post("u", reading(i))
+        datagram, piv = node.sim.request("u", reading(99), mid=node.next_mid())
+        assert (await node.exchange(datagram, piv)).code == coap.SERVICE_UNAVAILABLE
+        with Broker(port, log_path=tmp_path / "broker.log"):    # the spool drains: room again
+            async with asyncio.timeout(10):
+                while gw.store.rows:
+                    await asyncio.sleep(0.05)
+            # The node resends the refused request; its answer is lost, it resends again.
+            assert (await node.exchange(datagram, piv)).code == coap.CHANGED
+            assert (await node.exchange(datagram, piv)).code == coap.CHANGED
+            await asyncio.sleep(0.3)
+            assert gw.metrics.value("duplicates_total") == 1
+            assert gw.metrics.value("frames_accepted_total", resource="up", role="shaft") == 100
+        node.close()
+
+
 async def test_what_is_not_a_valid_frame_is_refused_with_a_reason(tmp_path, broker, registry):
     device = registry.add_device("shaft-05", "shaft", "north")
     async with running(make_config(tmp_path, broker.port, registry.url)) as gw:
