@@ -164,10 +164,11 @@ def make_flash(board: Board, out: Path, *, firmware: Path | None = None,
                version: str = "v1.24.1", app_dir: Path | None = None,
                files: dict[str, bytes] | None = None) -> Path:
     """A flash file with bootloader, partition table, MicroPython app and littlefs: what a
-    board looks like after flashing MicroPython and copying the application onto it."""
-    if out.exists():
-        out.unlink()
-    flash = FlashFile(out, board.flash_size)
+    board looks like after flashing MicroPython and copying the application onto it. Built
+    in a temporary file and renamed: a failure leaves ``out`` as it was."""
+    tmp = out.with_name(out.name + ".part")
+    tmp.unlink(missing_ok=True)
+    flash = FlashFile(tmp, board.flash_size)
     try:
         if firmware is not None:
             data = firmware.read_bytes()
@@ -181,21 +182,29 @@ def make_flash(board: Board, out: Path, *, firmware: Path | None = None,
                 flash.write(app_offset, data)
         else:
             flash.write(0x1000, merged_image(board, build_app_image("micropython", version)))
+        parts = read_partition_table(flash)
+        read_app(flash, next(p for p in parts if p.type == "app"))    # FlashError if not one
         content = dict(files or {})
         if app_dir is not None:
             content.update(app_dir_files(app_dir))
         if content:
-            fs = filesystem_partition(read_partition_table(flash))
+            fs = filesystem_partition(parts)
             try:
                 flash.write(fs.offset, build_littlefs(content, fs.size))
             except ImageError as exc:
                 raise FlashError(str(exc)) from None
-    finally:
+    except BaseException:
         flash.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    flash.close()
+    tmp.replace(out)
     return out
 
 
 def describe_flash(board: Board, path: Path) -> str:
+    if not path.is_file():     # FlashFile would make an erased one: info must not write
+        raise FlashError("no flash file %s (vboard mkflash makes one)" % path)
     flash = FlashFile(path, board.flash_size)
     try:
         lines = ["%s (%d KB, board %s)" % (path, board.flash_size // 1024, board.name)]
