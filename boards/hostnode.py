@@ -56,7 +56,8 @@ class HostNode:
     def start(self) -> "HostNode":
         self._proc = spawn(
             vm_command("_vboot.py"), cwd=self.root,
-            env=vm_env([self.root, self.root / "lib", SHIMS]),
+            # the VM's frozen modules (asyncio) first, as on a chip
+            env=vm_env([".frozen", self.root, self.root / "lib", SHIMS]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -27,7 +27,6 @@ import paho.mqtt.client as paho
 from boards.broker import Broker, find_mosquitto, free_port, wait_for_tcp
 from boards.hostnode import HostNode, install_firmware
 from boards.proc import spawn, stop
-from boards.vm import SHIMS, vm_command, vm_env
 from fleet.nodeconfig import SiteProfile, node_config
 from fleet.registry import Registry
 
@@ -133,19 +132,6 @@ class GatewayProcess:
         return rc
 
 
-class _HostNode(HostNode):
-    """The thin runner with the VM's frozen modules (asyncio) on the path, as on a chip."""
-
-    def start(self) -> "HostNode":
-        self._proc = spawn(
-            vm_command("_vboot.py"), cwd=self.root,
-            env=vm_env([".frozen", self.root, self.root / "lib", SHIMS]),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
-
-
 class Testbed:
     """Broker + registry + gateway in a working folder; nodes added with ``add_node``."""
 
@@ -188,7 +174,7 @@ class Testbed:
         extra = {"sleep": "light", **(extra or {})}
         install_firmware(root, node_config(device, self.site_profile(gateway_port), interval_s=interval_s,
                                            extra=extra))
-        node = _HostNode(root, on_line=on_line).start()
+        node = HostNode(root, on_line=on_line).start()
         self.nodes[device_id] = node
         return node
 
