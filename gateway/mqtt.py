@@ -1,9 +1,9 @@
 """A lean MQTT 3.1.1 client for the gateway's one broker connection.
 
-Why not aiomqtt here: aiomqtt (over paho) tops out near 4,000 QoS-1 publishes per second on the
+Why not aiomqtt here: aiomqtt (over paho) tops out near 3,000 QoS-1 publishes per second on the
 2-core reference machine, with one future and one task per message, which is the gateway's whole
 CPU budget at its 5,000 frames/s target; this client pipelines publishes on one asyncio
-transport and does about 120,000 per second (bench/bench_mqtt.py measures both). It also lets
+transport and does 120,000-165,000 per second (bench/bench_mqtt.py measures both). It also lets
 the gateway acknowledge an incoming command only after the command is durable in its queue
 (paho acknowledges as soon as its callback returns). It implements exactly what the gateway
 uses: CONNECT (will, username/password, clean or persistent session), PUBLISH QoS 0/1 both ways,

@@ -410,8 +410,10 @@ class Gateway:
     async def _sync_files(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await loop.run_in_executor(None, self.files.sync)
+            except Exception as exc:     # the next round tries again; the cache keeps serving
+                log.warning("release files: sync from the fleet's store failed: %s", exc)
             await asyncio.sleep(self.config.files.sync_interval_s)
 
     # --- observability --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 work as written."""
 
 import configparser
+import dataclasses
 import os
 import re
 import shutil
@@ -64,3 +65,22 @@ def test_systemd_accepts_the_unit(tmp_path):
     problems = [line for line in (proc.stdout + proc.stderr).splitlines()
                 if UNIT.name in line and "citytestbed" not in line.split(":", 1)[0]]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_the_documented_configuration_shows_the_defaults():
+    """docs/gateway.md's full example states the default of every key but the required ones
+    and the three it names as set for a Pi install."""
+    documented = tomllib.loads(_toml_blocks(ROOT / "docs" / "gateway.md")[0])
+    required = {"coap": dict(documented["coap"]), "mqtt": {
+        k: documented["mqtt"][k] for k in ("url", "prefix")}, "registry": {
+        "url": documented["registry"]["url"]}}
+    as_documented = dataclasses.asdict(config.parse(documented, "docs"))
+    as_default = dataclasses.asdict(config.parse(required, "defaults"))
+    set_for_a_pi = {("gateway", "id"), ("gateway", "state_dir"), ("http", "port"),
+                    ("files", "dir")}           # files.dir follows state_dir
+    differ = [(section, key) for section, values in as_default.items()
+              if isinstance(values, dict) for key, value in values.items()
+              if as_documented[section][key] != value and (section, key) not in set_for_a_pi]
+    differ += [key for key in ("log_level", "log_format")
+               if as_documented[key] != as_default[key]]
+    assert differ == []
