@@ -274,18 +274,14 @@ class _EsptoolOutput:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        from esp_pylib.logger import EspLog       # esptool >= 5.6 logs through esp_pylib
         from esptool.logger import log as esptool_log
-        try:
-            from esp_pylib.logger import EspLog
-            previous = EspLog.instance
-        except ImportError:           # esptool < 5.6 keeps its own singleton
-            previous = None
+        previous = EspLog.instance
         esptool_log.set_logger(self._logger)
         try:
             yield
         finally:
-            if previous is not None:
-                EspLog.instance = previous
+            EspLog.instance = previous
 
     @contextlib.contextmanager
     def reporting(self, progress: ProgressFn | None) -> Iterator[None]:

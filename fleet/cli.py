@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.errors import FleetError
@@ -469,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how long the board may take to give its prompt (default "
                            "%(default)s)")
     push.add_argument("-q", "--quiet", action="store_true")
-    push.set_defaults(func=_cmd_push)
+    push.set_defaults(func=_cmd_push, registry_used=False)
 
     fw = sub.add_parser("firmware", help="the local firmware cache")
     fsub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
@@ -477,14 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     fadd.add_argument("file")
     fadd.add_argument("--board", required=True)
     fadd.add_argument("--firmware-cache", metavar="DIR")
-    fadd.set_defaults(func=_cmd_firmware_add)
+    fadd.set_defaults(func=_cmd_firmware_add, registry_used=False)
     flist = fsub.add_parser("list", help="images in the cache, per board")
     flist.add_argument("--board")
     flist.add_argument("--firmware-cache", metavar="DIR")
-    flist.set_defaults(func=_cmd_firmware_list)
+    flist.set_defaults(func=_cmd_firmware_list, registry_used=False)
 
     ports = sub.add_parser("ports", help="list serial ports (which one is the board?)")
-    ports.set_defaults(func=_cmd_ports)
+    ports.set_defaults(func=_cmd_ports, registry_used=False)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what happens underneath (esptool, MQTT) to stderr")
     return parser
@@ -494,15 +495,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    url = args.registry or registry_url()
     try:
-        return args.func(Registry(args.registry), args)
+        # Only the commands that use the registry open it (opening creates an SQLite file).
+        reg = Registry(url) if getattr(args, "registry_used", True) else None
+        return args.func(reg, args)
     except FleetError as exc:
         print("fleet: %s" % exc, file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         print("fleet: the registry %s cannot be used: %s"
-              % (args.registry or registry_url(), str(exc).splitlines()[0]), file=sys.stderr)
+              % (_shown(url), str(exc).splitlines()[0]), file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:      # the database's driver (psycopg, ...) is missing
+        print("fleet: the registry %s needs the Python package %r: install it into this "
+              "environment" % (_shown(url), exc.name), file=sys.stderr)
+        return 1
+
+
+def _shown(url: str) -> str:
+    """A registry URL without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an invalid URL)"
 
 
 if __name__ == "__main__":

@@ -95,3 +95,15 @@ def test_provisioning_refuses_early_without_a_site_profile_or_a_reachable_port(
     code, _, err = run(capsys, argv[:-2] + ["--firmware", "v9.9.9", "--firmware-cache",
                                             str(tmp_path / "empty")])
     assert code == 1 and "no MicroPython v9.9.9 for board esp32-devkitc" in err
+
+
+def test_commands_without_the_registry_neither_open_nor_need_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, ["firmware", "list", "--firmware-cache", str(tmp_path / "c")])
+    assert code == 0 and not (tmp_path / "fleet.db").exists()
+    # A PostgreSQL registry whose driver is not installed: a sentence, not a traceback, and
+    # without the password.
+    code, _, err = run(capsys, ["--registry", "postgresql+nosuchdriver://u:pw-123@db/fleet",
+                                "device", "list"])
+    assert code == 1 and err.startswith("fleet: the registry postgresql+nosuchdriver://u:***@")
+    assert "pw-123" not in err and "Traceback" not in err
