@@ -243,17 +243,26 @@ def build_app_image(project: str, version: str, *, idf_version: str = "v5.2.2",
     return bytes(out)
 
 
+def bootloader_offset(chip: str) -> int:
+    """Where the chip's ROM loads the second-stage bootloader from, and so where a merged
+    image starts: 0x1000 on the ESP32, 0x0 on the S3 and C3 (esptool knows each chip's)."""
+    from esptool.targets import CHIP_DEFS
+    return CHIP_DEFS[chip].BOOTLOADER_FLASH_OFFSET
+
+
 def merged_image(board: Board, app: bytes, *, bootloader: bytes | None = None) -> bytes:
-    """What micropython.org ships as a merged .bin: written at 0x1000, holding the bootloader,
-    the partition table (at 0x8000) and the app (at the first app partition)."""
+    """What micropython.org ships as a merged .bin: written at the chip's bootloader offset,
+    holding the bootloader, the partition table (at 0x8000) and the app (at the first app
+    partition)."""
+    start = bootloader_offset(board.chip)
     app_part = next(p for p in board.partitions if p.type == "app")
-    out = bytearray(b"\xff" * (app_part.offset + len(app) - 0x1000))
+    out = bytearray(b"\xff" * (app_part.offset + len(app) - start))
     if bootloader is None:
         bootloader = build_bootloader_image()
     out[0:len(bootloader)] = bootloader
     table = build_partition_table(board.partitions)
-    out[PARTITION_TABLE_OFFSET - 0x1000:PARTITION_TABLE_OFFSET - 0x1000 + len(table)] = table
-    out[app_part.offset - 0x1000:] = app
+    out[PARTITION_TABLE_OFFSET - start:PARTITION_TABLE_OFFSET - start + len(table)] = table
+    out[app_part.offset - start:] = app
     return bytes(out)
 
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boards.definitions import Board, board as board_def
-from boards.flash import (FlashError, FlashFile, build_app_image, filesystem_partition,
-                          merged_image, read_app, read_partition_table, select_boot_partition)
+from boards.flash import (FlashError, FlashFile, bootloader_offset, build_app_image,
+                          filesystem_partition, merged_image, read_app, read_partition_table,
+                          select_boot_partition)
 from boards.fsimage import ImageError, build_littlefs, read_littlefs
 from boards.vboard import VirtualBoard
 
@@ -170,18 +171,24 @@ def make_flash(board: Board, out: Path, *, firmware: Path | None = None,
     tmp.unlink(missing_ok=True)
     flash = FlashFile(tmp, board.flash_size)
     try:
+        start = bootloader_offset(board.chip)
         if firmware is not None:
-            data = firmware.read_bytes()
-            # An app image alone goes to the app partition; a merged image to 0x1000.
-            app_offset = next(p.offset for p in board.partitions if p.type == "app")
-            is_merged = len(data) > 0x8000 and data[0x7000:0x7002] == b"\xaa\x50"
-            if is_merged:
-                flash.write(0x1000, data)
+            from fleet.errors import FleetError
+            from fleet.firmware import load_image
+            try:
+                image = load_image(firmware)
+            except FleetError as exc:
+                raise FlashError(str(exc)) from None
+            # A merged image goes where the chip's bootloader is; an app image alone to the
+            # app partition, behind a stand-in bootloader and this board's partition table.
+            if image.merged:
+                flash.write(image.offset, image.data)
             else:
-                flash.write(0x1000, merged_image(board, data)[:app_offset - 0x1000])
-                flash.write(app_offset, data)
+                app_offset = next(p.offset for p in board.partitions if p.type == "app")
+                flash.write(start, merged_image(board, image.app)[:app_offset - start])
+                flash.write(app_offset, image.app)
         else:
-            flash.write(0x1000, merged_image(board, build_app_image("micropython", version)))
+            flash.write(start, merged_image(board, build_app_image("micropython", version)))
         parts = read_partition_table(flash)
         read_app(flash, next(p for p in parts if p.type == "app"))    # FlashError if not one
         content = dict(files or {})

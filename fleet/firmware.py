@@ -27,18 +27,14 @@ from pathlib import Path
 
 from boards.definitions import Board, Partition
 from boards.flash import (IMAGE_MAGIC, PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE, FlashError,
-                          filesystem_partition, parse_app_desc, parse_partition_table,
-                          select_boot_partition)
+                          bootloader_offset, filesystem_partition, parse_app_desc,
+                          parse_partition_table, select_boot_partition)
 from fleet.chip import chip_label
 from fleet.errors import (BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE,
                           FleetError)
 
 CACHE_ENV = "FLEET_FIRMWARE_CACHE"
 DEFAULT_CACHE = Path("~/.cache/citytestbed/firmware")
-# Where the ESP32's ROM loads the second-stage bootloader from, and so where merged images
-# start. Fixed by the chip, like the partition table's 0x8000; partitions are never assumed.
-BOOTLOADER_OFFSET = 0x1000
-_TABLE_IN_MERGED = PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET
 _APP_DESC_AT = 24 + 8     # image header (ESP32 extended) + first segment header
 _HEAD_BYTES = 0x1000      # read from an app partition to find its descriptor
 _SECTOR = 0x1000
@@ -59,10 +55,11 @@ class FirmwareImage:
     chip: str                                    # esptool's name of the chip it is built for
     partitions: tuple[Partition, ...] | None     # the table a merged image carries
     app: bytes                                   # the app image alone
+    offset: int = 0        # a merged image: where it is written (the chip's bootloader offset)
 
     @property
     def merged(self) -> bool:
-        """Bootloader + partition table + app, written at 0x1000 (micropython.org's .bin)."""
+        """Bootloader + partition table + app (micropython.org's .bin), written at ``offset``."""
         return self.partitions is not None
 
     def app_partition(self) -> Partition:
@@ -86,10 +83,16 @@ def load_image(path: Path) -> FirmwareImage:
                          BAD_FIRMWARE)
     partitions = None
     app = data
-    if data[_TABLE_IN_MERGED:_TABLE_IN_MERGED + 2] == b"\xaa\x50":
+    # A merged image starts at its chip's bootloader offset (0x1000, 0x0 or 0x2000), so its
+    # partition table sits at 0x8000 minus that; an app image has none there.
+    from esptool.targets import CHIP_DEFS
+    offset = next((o for o in sorted({c.BOOTLOADER_FLASH_OFFSET for c in CHIP_DEFS.values()})
+                   if data[PARTITION_TABLE_OFFSET - o:PARTITION_TABLE_OFFSET - o + 2]
+                   == b"\xaa\x50"), None)
+    if offset is not None:
+        table_at = PARTITION_TABLE_OFFSET - offset
         try:
-            partitions = parse_partition_table(
-                data[_TABLE_IN_MERGED:_TABLE_IN_MERGED + PARTITION_TABLE_SIZE])
+            partitions = parse_partition_table(data[table_at:table_at + PARTITION_TABLE_SIZE])
         except FlashError as exc:
             raise FleetError("%s: its partition table is damaged (%s): download it again"
                              % (path, exc), BAD_FIRMWARE) from None
@@ -97,7 +100,7 @@ def load_image(path: Path) -> FirmwareImage:
         if app_part is None:
             raise FleetError("%s: its partition table has no app partition" % path,
                              BAD_FIRMWARE)
-        app = data[app_part.offset - BOOTLOADER_OFFSET:]
+        app = data[app_part.offset - offset:]
         if len(app) > app_part.size:
             raise FleetError("%s: its app (%s bytes) is larger than its own app partition "
                              "(%s bytes): the file is damaged or not built for this layout"
@@ -107,7 +110,12 @@ def load_image(path: Path) -> FirmwareImage:
     if project != "micropython":
         raise FleetError("%s is not MicroPython: its app descriptor names %r" % (path, project),
                          BAD_FIRMWARE)
-    return FirmwareImage(path, data, project, version, date, chip, partitions, app)
+    if offset is not None and chip in CHIP_DEFS and bootloader_offset(chip) != offset:
+        raise FleetError("%s: its layout starts at 0x%x, but the %s's bootloader is at 0x%x: "
+                         "the file is damaged or not a merged image" % (
+                             path, offset, chip.upper(), bootloader_offset(chip)), BAD_FIRMWARE)
+    return FirmwareImage(path, data, project, version, date, chip, partitions, app,
+                         offset or 0)
 
 
 def _describe_app(path: Path, app: bytes) -> tuple[str, str, str, str]:
@@ -276,7 +284,7 @@ def firmware_plan(image: FirmwareImage, board_fw: BoardFirmware, chip, *,
                              "use the image built for this board" % (
                                  image.path.name, -(-need // (1 << 20)), flash_size >> 20),
                              FLASH_TOO_SMALL)
-        offset, data = BOOTLOADER_OFFSET, image.data
+        offset, data = image.offset, image.data
     else:
         if board_fw.app_partition is None:
             raise FleetError("%s is an app image only, and this board has no firmware to put "
@@ -305,8 +313,8 @@ def _why_write(image: FirmwareImage, board_fw: BoardFirmware, chip) -> str:
     if chip.md5(board_fw.app_partition.offset, len(image.app)) != _md5(image.app):
         return "the board's %s image is damaged" % board_fw.version
     if image.merged:
-        table_at = _TABLE_IN_MERGED
-        if chip.md5(BOOTLOADER_OFFSET, table_at) != _md5(image.data[:table_at]):
+        table_at = PARTITION_TABLE_OFFSET - image.offset
+        if chip.md5(image.offset, table_at) != _md5(image.data[:table_at]):
             return "the board's bootloader differs from the image's"
     return ""
 

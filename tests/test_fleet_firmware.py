@@ -58,6 +58,24 @@ def test_a_merged_image_is_read_from_its_own_descriptor_and_table(tmp_path):
     app_only.write_bytes(build_app_image("micropython", "v1.23.0"))
     image = load_image(app_only)
     assert not image.merged and image.version == "v1.23.0" and image.app == image.data
+    assert image.offset == 0 and load_image(image_file(tmp_path, "v1.24.1")).offset == 0x1000
+
+
+def test_a_merged_image_starts_where_its_chip_s_bootloader_is(tmp_path):
+    """The ESP32-S3's ROM loads its bootloader from 0x0, so its merged .bin starts there."""
+    s3 = dataclasses.replace(BOARD, name="s3", chip="esp32s3")
+    app = bytearray(build_app_image("micropython", "v1.24.1"))
+    app[12:14] = (9).to_bytes(2, "little")                     # image chip id 9: ESP32-S3
+    app[-32:] = hashlib.sha256(app[:-32]).digest()
+    path = tmp_path / "ESP32_GENERIC_S3-v1.24.1.bin"
+    path.write_bytes(merged_image(s3, bytes(app)))
+    image = load_image(path)
+    assert (image.chip, image.offset, image.partitions) == ("esp32s3", 0, BOARD.partitions)
+    # the S3's app laid out as for an ESP32 (at 0x1000) is no image any S3 can boot
+    path.write_bytes(merged_image(BOARD, bytes(app)))
+    with pytest.raises(FleetError, match="its layout starts at 0x1000, but the ESP32S3's "
+                                         "bootloader is at 0x0"):
+        load_image(path)
 
 
 @pytest.mark.parametrize("content,kind,message", [
