@@ -374,3 +374,46 @@ emit(p.baseline)
     # while empty, the baseline followed the slow drift part of the way
     baseline = results[1]
     assert 18000 < baseline[0] <= 18400 and -44200 <= baseline[2] < -44000
+
+
+def test_a_bad_setting_still_lets_the_node_reach_its_gateway_in_safe_mode(tmp_path):
+    """firmware.md: a node that can talk to its gateway runs safe mode (and can be repaired by
+    a config command) whatever else is wrong with its config.json."""
+    results = run_fw("""
+from app import config
+for bad in ({"sleep": "hibernate"}, {"interval_s": 0}):
+    case = dict(CASE)
+    case.update(bad)
+    with open("config.json", "w") as f:
+        f.write(json.dumps(case))
+    try:
+        config.load()
+        emit("loaded")
+    except config.ConfigError as e:
+        emit(e.code)
+    c = config.load(network_only=True)
+    emit([c.sleep, c.interval_s, c.gateway_port])
+""".replace("CASE", json.dumps(config())), tmp_path)
+    # refused for the app (code 15: a value out of range), taken for the network with defaults
+    assert results == [15, ["deep", 900, 5683], 15, ["deep", 900, 5683]]
+
+
+def test_an_observe_registration_goes_out_as_fetch_and_an_uplink_as_post(tmp_path):
+    """RFC 8613 §4.2: the outer code of an OSCORE request with Observe is FETCH."""
+    sink = UdpSink(2)
+    cfg = config(max_retransmit=0, ack_timeout_ms=200,
+                 gateway={"host": "127.0.0.1", "port": sink.port})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    run_fw("""
+import asyncio
+from app import config, state as st
+from app.node import Node
+node = Node(config.load(), st.State())
+client = node.link.client()
+for call in (client.aobserve("c"), client.arequest(2, "u", b"")):
+    try:
+        asyncio.run(call)
+    except Exception:
+        pass                    # nobody answers
+""", tmp_path)
+    assert [d[1] for d in sink.collected()] == [0x05, 0x02]      # FETCH, POST

@@ -185,7 +185,9 @@ def parse(d, network_only=False):
             setattr(c, key, spec[column])
     c.sleep = d.get("sleep", "deep")
     if c.sleep not in ("deep", "light"):
-        raise ConfigError(E_RANGE, "sleep must be deep or light")
+        if not network_only:
+            raise ConfigError(E_RANGE, "sleep must be deep or light")
+        c.sleep = "deep"
     c.pins = dict(PINS[c.role])
     if network_only:
         c.settings = {}

@@ -196,12 +196,12 @@ class Lighting:
             if not active:
                 self._apply(self.level(now), [("pres", False)])
 
-    def _lux_tick(self):
+    async def _lux_tick(self):
         from drivers.errors import SensorError
         if self.light is None:
             return
         try:
-            lux = self.light.read_lux()
+            lux = await self.light.read_lux_async()    # ramps and the link run meanwhile
         except (SensorError, OSError) as e:
             self._fault(F.LIGHT, "light sensor", e)
             self.lux = None
@@ -278,7 +278,7 @@ class Lighting:
         node = self.node
         s = self.s
         lux_at = power_at = report_at = time.ticks_ms()
-        self._lux_tick()
+        await self._lux_tick()
         self._apply(self.level(time.ticks_ms()))
         tick = 0
         while True:
@@ -290,7 +290,7 @@ class Lighting:
             self._radar_tick(now)
             if time.ticks_diff(now, lux_at) >= s["lux_s"] * 1000:
                 lux_at = now
-                self._lux_tick()
+                await self._lux_tick()
             if time.ticks_diff(now, power_at) >= s["power_s"] * 1000:
                 power_at = now
                 self._power_tick(now)

@@ -20,6 +20,7 @@ RST = const(3)
 EMPTY = const(0x00)
 GET = const(0x01)
 POST = const(0x02)
+FETCH = const(0x05)
 CHANGED = const(0x44)  # 2.04
 CONTENT = const(0x45)  # 2.05
 BAD_REQUEST = const(0x80)  # 4.00

@@ -390,8 +390,10 @@ class SecureClient:
     async def arequest(self, code, path, payload=b"", content_format=None, options=()):
         steps = self._steps(code, path, payload, content_format, options)
         outer = next(steps)
+        # RFC 8613 §4.2: the outer code is FETCH for an Observe registration, POST otherwise
+        outer_code = coap.FETCH if coap.option(options, coap.OBSERVE) is not None else coap.POST
         while True:
-            response = await self.client.arequest(coap.POST, outer[0], outer[1])
+            response = await self.client.arequest(outer_code, outer[0], outer[1])
             try:
                 outer = steps.send(response)
             except StopIteration as done:
