@@ -64,7 +64,8 @@ LAYOUT_4MB_OTA = (                 # the OTA build: two app slots, otadata, smal
     Partition("vfs", "data", "fat", 0x310000, 0xF0000),
 )
 
-# GPIO assignments per node role; the firmware reads the same numbers from its config.
+# GPIO assignments per node role: fleet provision writes them into config.json; the
+# firmware's defaults (firmware/app/config.py PINS) are the DevKitC's (tests/test_vocabulary.py).
 _DEVKITC_PINS = {
     "lighting": {"i2c_scl": 22, "i2c_sda": 21, "radar_tx": 17, "radar_rx": 16,
                  "radar_out": 27, "pwm_led": 25},

@@ -1,4 +1,5 @@
-"""The vocabulary has one source of truth; the firmware copy and the protocol doc must match it."""
+"""One source of truth each: the vocabulary (the firmware copy and the protocol doc match the
+table) and the pins (the firmware's defaults match the board definition)."""
 
 import json
 import re
@@ -40,3 +41,16 @@ def test_names_are_unique_and_kinds_known():
     assert len(names) == len(set(names))
     assert {q.kind for q in vocabulary.TABLE} <= {"v", "vb", "vs"}
     assert all(set(q.roles) <= set(vocabulary.ROLES) for q in vocabulary.TABLE)
+
+
+def test_the_firmware_s_default_pins_are_the_devkitc_s():
+    """config.json carries the board's pins (fleet provision writes them); a config.json
+    without them falls back to firmware/app/config.py's table, which must be the DevKitC's."""
+    import ast
+
+    from boards.definitions import board
+
+    tree = ast.parse((FIRMWARE / "app" / "config.py").read_text())
+    pins = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
+    assert pins == board("esp32-devkitc").pins

@@ -51,7 +51,6 @@ class Node:
         self._delay = 0           # the last backoff (s)
         self.wdt = None
         self._alive = {}          # task -> ticks of its last heartbeat
-        self.update = None        # an OTA job in progress (app/update.py)
         self._up_ms = 0
         self._up_last = 0         # ticks count from boot
 
@@ -388,8 +387,6 @@ class Node:
                 self.restart()
             self.alive("cycle")
         self._park_outbox()
-        if self.update is not None:
-            await self.update.run()
         self.state.crashes = 0
         # the role's schedule counts from its measurement: the radio's time comes off the sleep
         return max(1000, sleep_ms - time.ticks_diff(time.ticks_ms(), measured))
@@ -411,8 +408,6 @@ class Node:
             self.alive("uplink")
             if self.reboot_pending and not self.state.acks:
                 self.restart()
-            if self.update is not None:
-                await self.update.run()
             if not healthy and time.ticks_ms() > HEALTHY_S * 1000:
                 healthy = True
                 self.state.crashes = 0
@@ -428,3 +423,20 @@ class Node:
         """Observe the command resource (GET /c, RFC 7641) so commands arrive at once."""
         from app import observe
         await observe.run(self)
+
+
+class BatteryRole:
+    """What the battery roles share: the battery read (once per wake), its fault kept in the
+    role's RTC flags under the bit ``BATT_FAULT``, and the status frame's record."""
+    BATT_FAULT = 0
+    batt_mv = None
+
+    def read_batt_mv(self):
+        mv = self.node.battery_mv()
+        self.flags = (self.flags & ~self.BATT_FAULT) if mv else (self.flags | self.BATT_FAULT)
+        return mv
+
+    def status_records(self):
+        if self.batt_mv is None:
+            self.batt_mv = self.read_batt_mv()
+        return [("batt", self.batt_mv)] if self.batt_mv else []

@@ -16,6 +16,7 @@ import struct
 import machine
 
 from app import faults as F
+from app.node import BatteryRole
 
 _ROLE = "<iiiiIBBBB"   # baseline x, y, z (nT), last magnitude (nT), report_due_s,
 #                        flags, count, _, _
@@ -27,7 +28,9 @@ _FAULT_BATT = const(16)
 _CALIBRATE = const(32)      # calibrate at the next wake
 
 
-class Parking:
+class Parking(BatteryRole):
+    BATT_FAULT = _FAULT_BATT
+
     def __init__(self, node):
         self.node = node
         self.cfg = node.cfg
@@ -165,11 +168,6 @@ class Parking:
     def retry_due(self):
         return self.report_due == 0 or self.node.now_s() >= self.report_due - 1
 
-    def read_batt_mv(self):
-        mv = self.node.battery_mv()
-        self.flags = (self.flags & ~_FAULT_BATT) if mv else (self.flags | _FAULT_BATT)
-        return mv
-
     # --- status and commands ---------------------------------------------------------------
 
     def faults(self):
@@ -183,11 +181,6 @@ class Parking:
         if not self.flags & _CALIBRATED:
             bits |= F.UNCALIBRATED
         return bits
-
-    def status_records(self):
-        if self.batt_mv is None:
-            self.batt_mv = self.read_batt_mv()
-        return [("batt", self.batt_mv)] if self.batt_mv else []
 
     def command(self, name, args):
         if name == "calibrate":

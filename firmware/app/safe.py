@@ -54,8 +54,6 @@ async def run(node):
                 state.crashes = max(0, cfg.safe_after - 1)
             state.flags &= ~st.SAFE
             node.restart()
-        if node.update is not None:
-            await node.update.run()
         if cfg.battery and cfg.sleep == "deep" and node.now_s() - started >= cfg.safe_awake_s:
             node.deep_sleep(cfg.interval_s * 1000)
         for _ in range(SAFE_STATUS_S // 5):

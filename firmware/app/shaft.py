@@ -15,6 +15,7 @@ import struct
 import machine
 
 from app import faults as F
+from app.node import BatteryRole
 
 _ROLE = "<iIiIBBBBI"     # level_mm, level_at_s, candidate_mm, candidate_at_s, flags,
 #                          spikes, fast_calm, _, reported_at_s
@@ -53,7 +54,9 @@ def pick_distance(readings, agree_mm):
     return median(best) if len(readings) == 1 else None
 
 
-class Shaft:
+class Shaft(BatteryRole):
+    BATT_FAULT = _FAULT_BATT
+
     def __init__(self, node):
         self.node = node
         self.cfg = node.cfg
@@ -109,11 +112,6 @@ class Shaft:
         except (ImportError, AttributeError, OSError):
             return None
         return (f - 32) * 500 // 9 - self.s["temp_offset_cc"]
-
-    def read_batt_mv(self):
-        mv = self.node.battery_mv()
-        self.flags = (self.flags & ~_FAULT_BATT) if mv else (self.flags | _FAULT_BATT)
-        return mv
 
     def echoes(self):
         """Plausible distances (mm) from one burst of `samples` echoes."""
@@ -260,11 +258,6 @@ class Shaft:
         if self.flags & _FAULT_BATT:
             bits |= F.BATTERY
         return bits
-
-    def status_records(self):
-        if self.batt_mv is None:
-            self.batt_mv = self.read_batt_mv()
-        return [("batt", self.batt_mv)] if self.batt_mv else []
 
     def command(self, name, args):
         return None
