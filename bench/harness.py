@@ -15,7 +15,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from boards.broker import free_port, wait_for_tcp
+from boards.broker import Broker, free_port, wait_for_tcp
 from boards.proc import spawn, stop
 from fleet.registry import SALT_BYTES, SECRET_BYTES, Device, Registry
 
@@ -157,34 +157,15 @@ class Subscriber:
         return json.loads(self.out.read_text())
 
 
-class Mosquitto:
+class Mosquitto(Broker):
     """mosquitto with persistence on a fixed port, to stop and start under load (the testbed's
     broker keeps nothing across a restart, which would hide where a message was lost)."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            "persistence_location %s/\nautosave_interval 1\nmax_queued_messages 0\n"
-            "max_inflight_messages 0\n" % (self.port, workdir))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Mosquitto":
-        from boards.broker import find_mosquitto
-        log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = spawn([find_mosquitto(), "-c", str(self.conf)], stdout=log,
-                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        wait_for_tcp(self.port, 15, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc, signal.SIGTERM, timeout=10)
-            self.proc = None
+        super().__init__(port or 0, log_path=workdir / "mosquitto.log", conf=(
+            "allow_anonymous true\npersistence true\npersistence_location %s/\n"
+            "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n" % workdir))
 
 
 def process_stats(pid: int) -> tuple[float, int]:

@@ -48,14 +48,21 @@ def find_mosquitto() -> str | None:
         None)
 
 
+# Tests count every message: lift mosquitto's per-client queue limits (default 1000).
+TEST_CONF = ("allow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+             "max_inflight_messages 0\n")
+
+
 class Broker:
-    """A broker process; ``kind`` is "mosquitto" or "amqtt"."""
+    """A broker process; ``kind`` is "mosquitto" or "amqtt". ``conf``: mosquitto's settings
+    for its loopback listener (TLS, passwords, persistence); it then must be mosquitto."""
 
     def __init__(self, port: int = 0, *, prefer: str = "mosquitto",
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, conf: str | None = None) -> None:
         self.port = port or free_port()
         self.kind = ""
-        self._prefer = prefer
+        self._prefer = prefer if conf is None else "mosquitto"
+        self._conf = TEST_CONF if conf is None else conf
         self._dir = tempfile.TemporaryDirectory(prefix="broker-")
         self._log_path = log_path or Path(self._dir.name) / "broker.log"
         self._proc: subprocess.Popen | None = None
@@ -66,16 +73,17 @@ class Broker:
 
     def start(self) -> "Broker":
         mosquitto = find_mosquitto() if self._prefer == "mosquitto" else None
-        if (mosquitto is None and self._prefer == "mosquitto"
-                and os.environ.get(REQUIRE_MOSQUITTO_ENV) == "1"):
+        if mosquitto is None and self._prefer == "mosquitto" and (
+                os.environ.get(REQUIRE_MOSQUITTO_ENV) == "1" or self._conf is not TEST_CONF):
             raise RuntimeError("mosquitto is required (%s=1) but not installed: "
                                "apt-get install mosquitto" % REQUIRE_MOSQUITTO_ENV)
         cfg = Path(self._dir.name) / "broker.conf"
         if mosquitto:
             self.kind = "mosquitto"
-            # Tests count every message: lift the per-client queue limits (default 1000).
-            cfg.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                           "max_queued_messages 0\nmax_inflight_messages 0\n" % self.port)
+            # Started as root, mosquitto drops to its own user, which cannot read pytest's
+            # private folders (passwords, certificates, persistence): it keeps root then.
+            user = "user root\n" if os.geteuid() == 0 else ""
+            cfg.write_text("listener %d 127.0.0.1\n%s%s" % (self.port, user, self._conf))
             cmd = [mosquitto, "-c", str(cfg)]
         else:
             self.kind = "amqtt"

@@ -4,7 +4,6 @@ password, TLS with a certificate the test makes."""
 import asyncio
 import datetime
 import ipaddress
-import os
 import subprocess
 import time
 
@@ -14,31 +13,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from boards.broker import find_mosquitto, free_port, wait_for_tcp
-from boards.proc import spawn, stop
+from boards.broker import Broker, free_port
 from gateway import config
 from gateway.mqtt import MqttClient, MqttError, Will
 from gateway.publisher import tls_context
 
 
-def _mosquitto(tmp_path, extra: str, port: int):
-    conf = tmp_path / "mosquitto.conf"
-    # Started as root, mosquitto drops to its own user, which cannot read pytest's private
-    # temporary folders: keep root then (as a CI runner does not start as root, nothing drops).
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text("listener %d 127.0.0.1\n%s%s" % (port, user, extra))
-    proc = spawn([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    wait_for_tcp(port, 10, proc)
-    return proc
+def _mosquitto(tmp_path, conf: str, port: int) -> Broker:
+    return Broker(port, conf=conf, log_path=tmp_path / "mosquitto.log").start()
 
 
 @pytest.fixture
 def plain_broker(tmp_path):
     port = free_port()
-    proc = _mosquitto(tmp_path, "allow_anonymous true\n", port)
+    broker = _mosquitto(tmp_path, "allow_anonymous true\n", port)
     yield port
-    stop(proc)
+    broker.close()
 
 
 async def _client(port, **kw):
@@ -82,14 +72,14 @@ async def test_username_and_password(tmp_path):
     pwfile = tmp_path / "passwd"
     pwfile.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "gateway", "s3cret"], check=True)
-    proc = _mosquitto(tmp_path, "allow_anonymous false\npassword_file %s\n" % pwfile, port)
+    broker = _mosquitto(tmp_path, "allow_anonymous false\npassword_file %s\n" % pwfile, port)
     try:
         with pytest.raises(MqttError, match="not authorized|bad user name"):
             await _client(port, username="gateway", password="wrong")
         ok = await _client(port, username="gateway", password="s3cret")
         await ok.disconnect()
     finally:
-        stop(proc)
+        broker.close()
 
 
 def _certificates(tmp_path):
@@ -121,7 +111,7 @@ def _certificates(tmp_path):
 async def test_tls_to_the_broker_with_a_private_ca(tmp_path):
     _certificates(tmp_path)
     port = free_port()
-    proc = _mosquitto(tmp_path, "allow_anonymous true\ncafile %s\ncertfile %s\nkeyfile %s\n"
+    broker = _mosquitto(tmp_path, "allow_anonymous true\ncafile %s\ncertfile %s\nkeyfile %s\n"
                       % (tmp_path / "ca.pem", tmp_path / "server.pem",
                          tmp_path / "server.key"), port)
     try:
@@ -144,7 +134,7 @@ async def test_tls_to_the_broker_with_a_private_ca(tmp_path):
             await MqttClient().connect("127.0.0.1", port, "tls-test-2",
                                        tls=tls_context(plain.mqtt))
     finally:
-        stop(proc)
+        broker.close()
 
 
 async def test_a_broker_that_is_not_there(tmp_path):

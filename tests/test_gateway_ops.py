@@ -3,7 +3,6 @@ MQTT with a password over TLS, check-config."""
 
 import asyncio
 import json
-import os
 import subprocess
 import urllib.request
 
@@ -11,8 +10,7 @@ import urllib.request
 from bench.gwtest import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
 from bench.nodesim import SimNode, reading
-from boards.broker import find_mosquitto, free_port, wait_for_tcp
-from boards.proc import spawn, stop
+from boards.broker import Broker, free_port
 from fleet.registry import Registry
 from gateway.cli import main as gateway_main
 
@@ -91,12 +89,8 @@ def test_logs_are_structured_and_never_contain_keys(tmp_path):
     pwfile = tmp_path / "passwd"
     pwfile.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "gateway", "hunter2-pw"], check=True)
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text("listener %d 127.0.0.1\n%sallow_anonymous false\npassword_file %s\n"
-                    % (port, "user root\n" if os.geteuid() == 0 else "", pwfile))
-    broker = spawn([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    wait_for_tcp(port, 10, broker)
+    broker = Broker(port, conf="allow_anonymous false\npassword_file %s\n" % pwfile,
+                    log_path=tmp_path / "mosquitto.log").start()
     gw = GatewayUnderTest(tmp_path / "gw", registry.url, port,
                           extra='[log]\nlevel = "debug"\nformat = "json"\n')
     gw.config.write_text(gw.config.read_text().replace(
@@ -117,7 +111,7 @@ def test_logs_are_structured_and_never_contain_keys(tmp_path):
         assert wait_until(lambda: gw.health()[1]["mqtt"] == "connected", 10), gw.log_text()
     finally:
         gw.stop()
-        stop(broker)
+        broker.close()
     log = gw.log_text()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert lines and all({"t", "level", "logger", "msg"} <= set(r) for r in lines)
