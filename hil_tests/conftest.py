@@ -1,7 +1,9 @@
 """Fixtures for the hardware-in-the-loop suite: a broker for the session, a testbed per test.
 
-The boards here are virtual (the firmware on the MicroPython VM); the same tests are meant to
-run against a rack of real boards when one is configured.
+The boards here are virtual (the firmware on the MicroPython VM). With ``--bench FILE`` the
+tests that take the ``dut`` fixture run on the first real board the file lists; the others need
+what only a virtual board has (a world model, fault injection, many boards) and are skipped
+then, so that a bench run never reports a virtual pass as a hardware one.
 """
 
 from pathlib import Path
@@ -17,6 +19,15 @@ def pytest_addoption(parser):
     parser.addoption("--bench", metavar="FILE",
                      help="run the HIL suite on the real boards this TOML file describes "
                           "(default: virtual boards)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--bench"):
+        return
+    virtual_only = pytest.mark.skip(reason="needs virtual boards: not run against --bench")
+    for item in items:
+        if "dut" not in getattr(item, "fixturenames", ()):
+            item.add_marker(virtual_only)
 
 
 @pytest.fixture
