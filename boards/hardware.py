@@ -38,12 +38,10 @@ round trip. That holds while the world's clock advances at ``world.speed`` x wal
 from __future__ import annotations
 
 import asyncio
-import binascii
 import errno
 import hashlib
 import json
 import math
-import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,8 +51,9 @@ from typing import Any, Callable
 
 from boards.bus import BusError, BusHalt, BusServer, BusValueError
 from boards.definitions import Board, Partition
-from boards.flash import (SECTOR, AppInfo, FlashError, FlashFile, PowerCut,
-                          read_app, read_partition_table)
+from boards.flash import (OTA_IMG_NEW, OTA_IMG_VALID, SECTOR, AppInfo, FlashError, FlashFile, PowerCut, active_otadata,
+                          default_app, ota_slots, otadata_partition, read_app,
+                          read_otadata, read_partition_table, write_otadata)
 from boards.models.base import (AnalogDevice, I2CDevice, Nack, PinDevice, PwmLoad,
                                 UartDevice)
 
@@ -121,105 +120,24 @@ class SimClock:
         return self._sim0 + (time.monotonic() - self._mono0) * self.speed
 
 
-# --- OTA data: two esp_ota_select_entry_t in the otadata partition's two sectors ------------
-
-OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID = 0, 1, 2
-OTA_IMG_INVALID, OTA_IMG_ABORTED, OTA_IMG_UNDEFINED = 3, 4, 0xFFFFFFFF
-_OTA_ENTRY = struct.Struct("<I20sII")    # ota_seq, seq_label, ota_state, crc
-
-
-def ota_crc(seq: int) -> int:
-    """bootloader_common_ota_select_crc: esp_rom_crc32_le(UINT32_MAX, &ota_seq, 4)."""
-    return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
-
-
-@dataclass
-class OtaSelect:
-    seq: int
-    label: bytes
-    state: int
-    crc: int
-
-    @property
-    def valid(self) -> bool:
-        """bootloader_common_ota_select_valid"""
-        return (self.seq != 0xFFFFFFFF and self.state not in (OTA_IMG_INVALID, OTA_IMG_ABORTED)
-                and self.crc == ota_crc(self.seq))
-
-    def pack(self) -> bytes:
-        return _OTA_ENTRY.pack(self.seq, self.label, self.state, self.crc)
-
-
-def _parts(flash: FlashFile) -> tuple[Partition, ...]:
-    return read_partition_table(flash)
-
-
-def _otadata_part(parts: tuple[Partition, ...]) -> Partition | None:
-    return next((p for p in parts if p.type == "data" and p.subtype == "ota"), None)
-
-
-def _ota_slots(parts: tuple[Partition, ...]) -> list[Partition]:
-    """ota_0, ota_1, ... as get_ota_partition_count() counts them (consecutive from ota_0)."""
-    by_sub = {p.subtype: p for p in parts if p.type == "app"}
-    slots = []
-    while "ota_%d" % len(slots) in by_sub:
-        slots.append(by_sub["ota_%d" % len(slots)])
-    return slots
-
-
-def read_otadata(flash: FlashFile, parts: tuple[Partition, ...] | None = None
-                 ) -> list[OtaSelect]:
-    """The two ota_select entries (empty list when the table has no otadata partition)."""
-    parts = parts or _parts(flash)
-    od = _otadata_part(parts)
-    if od is None:
-        return []
-    return [OtaSelect(*_OTA_ENTRY.unpack(flash.read(od.offset + i * SECTOR, _OTA_ENTRY.size)))
-            for i in (0, 1)]
-
-
-def _active_otadata(entries: list[OtaSelect]) -> int:
-    """bootloader_common_get_active_otadata: the valid entry with the highest seq, or -1."""
-    valid = [i for i in (0, 1) if entries[i].valid]
-    if not valid:
-        return -1
-    return max(valid, key=lambda i: (entries[i].seq, -i))
-
-
-def _write_otadata(flash: FlashFile, od: Partition, index: int, entry: OtaSelect) -> None:
-    entry.crc = ota_crc(entry.seq)
-    flash.erase(od.offset + index * SECTOR, SECTOR)
-    flash.program(od.offset + index * SECTOR, entry.pack())
-
-
-def _default_app(parts: tuple[Partition, ...]) -> Partition | None:
-    """find_default_boot_partition: factory, else the first OTA slot, else test."""
-    apps = [p for p in parts if p.type == "app"]
-    for wanted in ["factory"] + ["ota_%d" % i for i in range(16)] + ["test"]:
-        for p in apps:
-            if p.subtype == wanted:
-                return p
-    return None
-
-
 def boot_partition(flash: FlashFile, parts: tuple[Partition, ...] | None = None
                    ) -> Partition | None:
     """esp_ota_get_boot_partition(): the app the next boot selects, read-only."""
-    parts = parts or _parts(flash)
+    parts = parts or read_partition_table(flash)
     entries = read_otadata(flash, parts)
-    slots = _ota_slots(parts)
+    slots = ota_slots(parts)
     if not entries or not slots:
-        return _default_app(parts)
-    active = _active_otadata(entries)
+        return default_app(parts)
+    active = active_otadata(entries)
     if active < 0:
-        return _default_app(parts)
+        return default_app(parts)
     return slots[(entries[active].seq - 1) % len(slots)]
 
 
 def set_boot_partition(flash: FlashFile, label: str) -> None:
     """esp_ota_set_boot_partition(): validate the image, then point otadata at it (a new
     entry in the other sector, state NEW because MicroPython builds with app rollback)."""
-    parts = _parts(flash)
+    parts = read_partition_table(flash)
     part = next((p for p in parts if p.name == label), None)
     if part is None:
         raise esp_error(ESP_ERR_INVALID_ARG)
@@ -229,19 +147,19 @@ def set_boot_partition(flash: FlashFile, label: str) -> None:
         raise esp_error(ESP_ERR_OTA_VALIDATE_FAILED) from None
     if part.type != "app":
         raise esp_error(ESP_ERR_INVALID_ARG)
-    od = _otadata_part(parts)
+    od = otadata_partition(parts)
     if od is None:
         raise esp_error(ESP_ERR_NOT_FOUND)
     if part.subtype == "factory":
         flash.erase(od.offset, od.size)
         return
-    slots = _ota_slots(parts)
+    slots = ota_slots(parts)
     sub_id = slots.index(part) if part in slots else -1
     if sub_id < 0:
         raise esp_error(ESP_ERR_INVALID_ARG)
     count = len(slots)
     entries = read_otadata(flash, parts)
-    active = _active_otadata(entries)
+    active = active_otadata(entries)
     if active >= 0:
         seq, i = entries[active].seq, 0
         while seq > (sub_id + 1) % count + i * count:
@@ -251,22 +169,22 @@ def set_boot_partition(flash: FlashFile, label: str) -> None:
         new_seq, index = sub_id + 1, 0
     entry = entries[index]
     entry.seq, entry.state = new_seq, OTA_IMG_NEW
-    _write_otadata(flash, od, index, entry)
+    write_otadata(flash, od, index, entry)
 
 
 def mark_app_valid(flash: FlashFile) -> None:
     """esp_ota_mark_app_valid_cancel_rollback()."""
-    parts = _parts(flash)
-    od = _otadata_part(parts)
+    parts = read_partition_table(flash)
+    od = otadata_partition(parts)
     if od is None:
         raise esp_error(ESP_ERR_NOT_FOUND)
     entries = read_otadata(flash, parts)
-    active = _active_otadata(entries)
-    if active < 0 or not _ota_slots(parts):
+    active = active_otadata(entries)
+    if active < 0 or not ota_slots(parts):
         raise esp_error(ESP_FAIL)    # "Running firmware is factory"
     if entries[active].state != OTA_IMG_VALID:
         entries[active].state = OTA_IMG_VALID
-        _write_otadata(flash, od, active, entries[active])
+        write_otadata(flash, od, active, entries[active])
 
 
 # --- NVS ----------------------------------------------------------------------------------------
@@ -526,7 +444,7 @@ class BoardHardware:
         self._app_chosen = True
         self.app, self.app_info = None, None
         try:
-            parts = _parts(self.flash)
+            parts = read_partition_table(self.flash)
             if label is None:
                 self.app = boot_partition(self.flash, parts)
             else:

@@ -11,7 +11,7 @@ import pytest
 
 from boards.definitions import LAYOUT_4MB_BIGAPP, MB, Partition, board
 from boards.flash import (FlashFile, build_app_image, merged_image, read_partition_table,
-                          write_ota_entry, OTA_VALID)
+                          write_otadata, read_otadata, OTA_IMG_VALID)
 from fleet.errors import BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE, FleetError
 from fleet.firmware import (add_to_cache, cached_images, find_firmware, firmware_plan,
                             load_image, read_board_firmware, version_key)
@@ -184,7 +184,9 @@ def test_the_app_the_bootloader_would_start_is_the_one_read(tmp_path, chip):
     slot1 = next(p for p in ota.partitions if p.name == "ota_1")
     chip.flash.write(slot1.offset, build_app_image("micropython", "v1.24.1"))
     otadata = next(p for p in read_partition_table(chip.flash) if p.subtype == "ota")
-    write_ota_entry(chip.flash, otadata, 0, 2, OTA_VALID)    # sequence 2 selects ota_1
+    entry = read_otadata(chip.flash)[0]
+    entry.seq, entry.state = 2, OTA_IMG_VALID                 # sequence 2 selects ota_1
+    write_otadata(chip.flash, otadata, 0, entry)
     board_fw = read_board_firmware(chip)
     assert (board_fw.app_partition.name, board_fw.version) == ("ota_1", "v1.24.1")
 

@@ -18,8 +18,8 @@ import pytest
 
 from boards import flash as flashmod
 from boards.definitions import board as board_def
-from boards.hardware import (OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID, BoardHardware,
-                             SimClock, adc_reading, boot_partition, read_otadata,
+from boards.flash import OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID, read_otadata
+from boards.hardware import (BoardHardware, SimClock, adc_reading, boot_partition,
                              set_boot_partition)
 from boards.models.base import Nack
 from boards.vm import SHIMS, micropython_executable, vm_env
@@ -579,9 +579,8 @@ emit("find", [p.info()[4] for p in Partition.find(Partition.TYPE_APP)],
     assert entries[0].seq == 2 and entries[0].state == OTA_IMG_NEW and entries[0].valid
     assert entries[1].seq == 0xFFFFFFFF
     assert boot_partition(f, parts).name == "ota_1"
-    select = getattr(flashmod, "select_boot_partition", None)
-    if select is not None:                          # the board core's bootloader agrees
-        assert select(f, parts, commit=False)[0].name == "ota_1"
+    # the board core's bootloader agrees
+    assert flashmod.select_boot_partition(f, parts, commit=False)[0].name == "ota_1"
     assert flashmod.read_app(f, next(p for p in parts if p.name == "ota_1")).version == "v1.25.0"
 
 
@@ -604,11 +603,9 @@ def test_ota_otadata_sequence_and_rollback_marking(tmp_path):
         set_boot_partition(f, "ota_1")                  # entry 0 again: seq 4 -> slot 1
         e = read_otadata(f, parts)
         assert e[0].seq == 4 and boot_partition(f, parts).name == "ota_1"
-        select = getattr(flashmod, "select_boot_partition", None)
-        if select is not None:                          # the board core's bootloader
-            part, _why = select(f, parts)
-            assert part.name == "ota_1"
-            assert read_otadata(f, parts)[0].state == OTA_IMG_PENDING_VERIFY
+        part, _why = flashmod.select_boot_partition(f, parts)     # the board core's bootloader
+        assert part.name == "ota_1"
+        assert read_otadata(f, parts)[0].state == OTA_IMG_PENDING_VERIFY
         rig.call(lambda: rig.hw.next_boot("reset", app="ota_1"))
         lines = rig.run("""
 import esp32, os
@@ -749,3 +746,25 @@ def test_adc_model_ranges():
         assert adc_reading(20_000, atten, 12) == (0, adc_reading(0, atten, 12)[1])
         assert adc_reading(3_300_000, atten, 12)[0] == 4095
     assert adc_reading(3_000_000, 3, 12)[1] < 2_900_000       # compressed near full scale
+
+
+def test_an_app_never_confirmed_is_rolled_back_at_the_next_boot(tmp_path):
+    board = board_def("esp32-devkitc-ota")
+    f = flashmod.FlashFile(tmp_path / "flash.bin", board.flash_size)
+    f.write(0x1000, flashmod.merged_image(board, flashmod.build_app_image("micropython",
+                                                                          "v1.24.1")))
+    app1 = next(p for p in board.partitions if p.name == "ota_1")
+    f.write(app1.offset, flashmod.build_app_image("micropython", "v1.25.0"))
+    parts = flashmod.read_partition_table(f)
+    set_boot_partition(f, "ota_0")                      # running ota_0, confirmed
+    e = read_otadata(f, parts)[0]
+    e.state = OTA_IMG_VALID
+    flashmod.write_otadata(f, flashmod.otadata_partition(parts), 0, e)
+    set_boot_partition(f, "ota_1")                      # the update
+    assert flashmod.select_boot_partition(f, parts) == (app1, "new app, pending verification")
+    # it crashed before marking itself valid: the next boot goes back to ota_0, for good
+    part, why = flashmod.select_boot_partition(f, parts)
+    assert (part.name, why) == ("ota_0", "rollback: the new app was never confirmed")
+    assert flashmod.select_boot_partition(f, parts)[0].name == "ota_0"
+    assert [x.state for x in read_otadata(f, parts)] == [OTA_IMG_VALID, flashmod.OTA_IMG_ABORTED]
+    f.close()
