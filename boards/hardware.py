@@ -51,9 +51,9 @@ from typing import Any, Callable
 
 from boards.bus import BusError, BusHalt, BusServer, BusValueError
 from boards.definitions import Board, Partition
-from boards.flash import (OTA_IMG_NEW, OTA_IMG_VALID, SECTOR, AppInfo, FlashError, FlashFile, PowerCut, active_otadata,
-                          default_app, ota_slots, otadata_partition, read_app,
-                          read_otadata, read_partition_table, write_otadata)
+from boards.flash import (OTA_IMG_NEW, OTA_IMG_VALID, SECTOR, AppInfo, FlashError, FlashFile,
+                          PowerCut, active_otadata, default_app, ota_slots, otadata_partition,
+                          read_app, read_otadata, read_partition_table, write_otadata)
 from boards.models.base import (AnalogDevice, I2CDevice, Nack, PinDevice, PwmLoad,
                                 UartDevice)
 
