@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from littlefs import LittleFS, LittleFSError
 
 BLOCK_SIZE = 4096
-_PARAMS = dict(block_size=BLOCK_SIZE, read_size=32, prog_size=32, lookahead_size=32)
+LFS_PARAMS = dict(block_size=BLOCK_SIZE, read_size=32, prog_size=32, lookahead_size=32)
 
 
 class ImageError(Exception):
@@ -23,7 +23,7 @@ def build_littlefs(files: Mapping[str, bytes], size: int) -> bytes:
     """An image of ``size`` bytes holding ``files`` ({"lib/cbor.py": b"..."}; folders made)."""
     if size % BLOCK_SIZE:
         raise ImageError("filesystem size %d is not a multiple of %d" % (size, BLOCK_SIZE))
-    fs = LittleFS(block_count=size // BLOCK_SIZE, **_PARAMS)
+    fs = LittleFS(block_count=size // BLOCK_SIZE, **LFS_PARAMS)
     try:
         for path, data in sorted(files.items()):
             path = path.lstrip("/")
@@ -41,7 +41,7 @@ def build_littlefs(files: Mapping[str, bytes], size: int) -> bytes:
 
 def read_littlefs(image: bytes) -> dict[str, bytes]:
     """Every file in an image, by path (for tests and for `vboard` inspection)."""
-    fs = LittleFS(block_count=len(image) // BLOCK_SIZE, mount=False, **_PARAMS)
+    fs = LittleFS(block_count=len(image) // BLOCK_SIZE, mount=False, **LFS_PARAMS)
     fs.context.buffer = bytearray(image)
     try:
         fs.mount()

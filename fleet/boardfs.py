@@ -13,12 +13,11 @@ import json
 from littlefs import LittleFS, LittleFSError, UserContext
 
 from boards.definitions import Partition
-from boards.fsimage import BLOCK_SIZE, ImageError, build_littlefs
+from boards.fsimage import BLOCK_SIZE, LFS_PARAMS, ImageError, build_littlefs
 from fleet.errors import IMAGE_TOO_LARGE, FleetError
 
 CONFIG_FILE = "config.json"
 SEQ_FILE = "oscore.seq"          # firmware/app/node.py SEQ_FILE; SeqStore also keeps SEQ_FILE.tmp
-_LFS_PARAMS = dict(block_size=BLOCK_SIZE, read_size=32, prog_size=32, lookahead_size=32)
 
 
 class _ChipBlocks(UserContext):
@@ -47,7 +46,7 @@ def read_node_files(flash, part: Partition) -> dict[str, bytes]:
     """config.json and the sequence mark files from the board's filesystem; {} when the
     partition holds no littlefs (blank, or formatted by other firmware)."""
     fs = LittleFS(context=_ChipBlocks(flash, part), mount=False,
-                  block_count=part.size // BLOCK_SIZE, **_LFS_PARAMS)
+                  block_count=part.size // BLOCK_SIZE, **LFS_PARAMS)
     try:
         fs.mount()
     except LittleFSError:

@@ -16,6 +16,8 @@ power relay cannot cut power at the Nth flash write).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -26,6 +28,15 @@ import pytest
 from boards import fleetrun
 from boards.definitions import Board, board as board_def
 from boards.harness import FleetThread
+
+
+BIN = Path(sys.executable).parent      # the tools installed with the project (mpremote, esptool)
+
+
+def mpremote(port_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Unmodified mpremote on a console URL, as a person would run it."""
+    return subprocess.run([str(BIN / "mpremote"), "connect", port_url, *args],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 class Dut:

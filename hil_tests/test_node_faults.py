@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,9 @@ import pytest
 from boards import testbed as tb
 from boards.testbed import PREFIX, BoardNode, MqttWatch, records_of
 from fleet.appbuild import compile_module
+from hil_tests.bench import mpremote
 
 SCENARIO = Path(__file__).parent / "scenarios" / "one-of-each.toml"
-BIN = Path(sys.executable).parent
 F_LIGHT, F_SONAR, F_SAFE, F_CRASHED = 0x0001, 0x0040, 0x0400, 0x1000
 
 
@@ -110,11 +108,6 @@ class Lighting:
         self.lamps = {}
         self.lamps["main"].on()      # KeyError: 'main'
 '''
-
-
-def mpremote(url, *args, timeout=60):
-    return subprocess.run([str(BIN / "mpremote"), "connect", url, *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_crash_loop_enters_safe_mode_and_an_update_over_the_console_repairs_it(bed, tmp_path):

@@ -5,8 +5,6 @@ and the board soft-resets into the new code."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,9 @@ from fleet.appbuild import build_app
 from fleet.cli import main as fleet_main
 from fleet.nodeconfig import SiteProfile, node_config_bytes
 from fleet.registry import Registry
-from hil_tests.bench import VirtualDut, virtual_fleet
+from hil_tests.bench import VirtualDut, mpremote, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -95,8 +92,7 @@ def test_push_sends_what_changed_removes_stale_modules_and_restarts_the_node(
     assert code == 0 and "0 sent (0 bytes), 0 removed" in out
 
     # The node's own files were left alone.
-    listing = subprocess.run([str(BIN / "mpremote"), "connect", url, "fs", "ls"],
-                             capture_output=True, text=True, timeout=60).stdout
+    listing = mpremote(url, "fs", "ls").stdout
     assert "config.json" in listing and "retired.py" not in listing
 
 

@@ -3,9 +3,7 @@ heap, power cuts, deep sleep, sensors at the bus, and many boards at once."""
 
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +12,14 @@ from boards.fleetrun import app_dir_files, make_flash
 from boards.flash import build_app_image, merged_image, parse_partition_table
 from boards.fsimage import build_littlefs
 from boards.vm import FIRMWARE
-from hil_tests.bench import VirtualDut, virtual_fleet
+from hil_tests.bench import BIN, VirtualDut, mpremote, virtual_fleet
 
-BIN = Path(sys.executable).parent
 BOARD = board_def("esp32-devkitc")
 
 
 def esptool(port_url, *args, timeout=120):
     return subprocess.run([str(BIN / "esptool"), "--chip", "esp32", "--port", port_url,
                            "--before", "no-reset", "--after", "no-reset", *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def mpremote(port_url, *args, timeout=60):
-    return subprocess.run([str(BIN / "mpremote"), "connect", port_url, *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
