@@ -187,6 +187,13 @@ def mark_app_valid(flash: FlashFile) -> None:
         write_otadata(flash, od, active, entries[active])
 
 
+def machine_name(board: Board) -> str:
+    """os.uname().machine and the REPL banner's board, as MicroPython's ESP32_GENERIC builds
+    name themselves (the OTA variant says so)."""
+    ota = any(p.subtype.startswith("ota_") for p in board.partitions)
+    return "Generic ESP32 module%s with ESP32" % (" with OTA" if ota else "")
+
+
 # --- NVS ----------------------------------------------------------------------------------------
 
 class NvsStore:
@@ -482,9 +489,7 @@ class BoardHardware:
         return env
 
     def _uname(self) -> dict[str, str]:
-        ota = any(p.subtype.startswith("ota_") for p in self.board.partitions)
-        machine = "Generic ESP32 module%s with ESP32" % (" with OTA" if ota else "")
-        out = {"VBOARD_MACHINE": machine}
+        out = {"VBOARD_MACHINE": machine_name(self.board)}
         if self.app_info is not None:
             version = self.app_info.version
             try:

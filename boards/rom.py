@@ -49,6 +49,21 @@ from typing import Awaitable, Callable, Iterator
 from boards.definitions import MB, Board
 from boards.flash import SECTOR, FlashFile, PowerCut
 
+# What the ESP32's ROM prints at a reset (the ECO3 chips of current DevKitC modules): its
+# banner, then an "rst:" line per reset cause (the virtual board's boot path prints these too).
+ROM_BANNER = "ets Jul 29 2019 12:21:46\r\n\r\n"
+DOWNLOAD_LINES = ("rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
+                  "\r\nwaiting for download\r\n")
+ROM_RESET_LINE = {
+    "poweron": "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "reset": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "wdt": "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "deepsleep": "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "brownout": "rst:0xf (RTCWDT_BROWN_OUT_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "download": "rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))",
+}
+
+
 log = logging.getLogger(__name__)
 
 SessionCallback = Callable[[], "Awaitable[None] | None"]
@@ -928,10 +943,8 @@ async def _call(callback: SessionCallback | None, name: str) -> None:
 
 # --- RFC 2217 with a DevKitC auto-reset circuit ---------------------------------------------------
 
-_ROM_BANNER = b"ets Jul 29 2019 12:21:46\r\n\r\n"
-_DOWNLOAD_BOOT = (b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
-                  b"\r\nwaiting for download\r\n")
-_FLASH_BOOT = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+_DOWNLOAD_BOOT = (ROM_BANNER + DOWNLOAD_LINES).encode()
+_FLASH_BOOT = (ROM_BANNER + ROM_RESET_LINE["poweron"] + "\r\n").encode()
 
 
 class _ModemLines:
@@ -1014,7 +1027,7 @@ class _Rfc2217Port:
 
     async def _boot(self, download: bool) -> None:
         session = self.session
-        session.send_raw(_ROM_BANNER + (_DOWNLOAD_BOOT if download else _FLASH_BOOT))
+        session.send_raw(_DOWNLOAD_BOOT if download else _FLASH_BOOT)
         if download:
             session.state = "waiting"
             await self.rom._session_started(session)     # firmware stops: the ROM waits for SYNC

@@ -25,21 +25,14 @@ from boards import flash as flashmod
 from boards.console import ConsoleServer, VmProcess
 from boards.definitions import Board
 from boards.flash import FlashError, FlashFile
+from boards.hardware import machine_name
+from boards.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
 from boards.vm import POINTER_SIZE_RATIO, SHIMS, SHIM_HEAP_BYTES, micropython_executable
 
 log = logging.getLogger("vboard")
 
 # machine.reset_cause() values of the ESP32 port, and the ROM's "rst:" line for each.
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-_ROM_RESET_LINE = {
-    "poweron": "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "reset": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "wdt": "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "deepsleep": "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "brownout": "rst:0xf (RTCWDT_BROWN_OUT_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "download": "rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))",
-}
-_ROM_BANNER = "ets Jun  8 2016 00:22:57\r\n\r\n"
 _EXIT_SOFT_RESET = 3  # _vboot.py's exit status for SystemExit in boot.py/main.py
 _BANNER_RE = re.compile(rb"MicroPython [^\r\n]*\r?\nType \"help\(\)\" for more information\.\r?\n")
 _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -146,7 +139,7 @@ class VirtualBoard:
                 self.hardware.next_boot("poweron")
 
     async def reset(self, cause: str = "reset", mode: str = "normal") -> None:
-        """Reset the chip and boot from flash; ``cause`` as in _ROM_RESET_LINE (plus "soft")."""
+        """Reset the chip and boot from flash; ``cause`` as in ROM_RESET_LINE (plus "soft")."""
         async with self._lock:
             await self._halt_vm()
             if self.hardware is not None:
@@ -227,7 +220,7 @@ class VirtualBoard:
     async def _boot(self, cause: str, mode: str) -> None:
         self.boots += 1
         if cause != "soft":
-            self._say(_ROM_BANNER + _ROM_RESET_LINE.get(cause, _ROM_RESET_LINE["reset"]) + "\r\n")
+            self._say(ROM_BANNER + ROM_RESET_LINE.get(cause, ROM_RESET_LINE["reset"]) + "\r\n")
         try:
             self.info = self._read_flash_for_boot()
         except FlashError as exc:
@@ -272,7 +265,7 @@ class VirtualBoard:
             "VBOARD_FS_SIZE": str(self.info.fs_size),
             "VBOARD_MODE": mode,
             "VBOARD_VERSION": self.info.version,
-            "VBOARD_MACHINE": "Generic ESP32 module with ESP32",
+            "VBOARD_MACHINE": machine_name(self.board),
         })
         budget = self.write_budget
         if budget is None and self.world is not None:
@@ -365,8 +358,9 @@ class VirtualBoard:
             self.console.emit(_cook(pending))
 
     def _banner(self) -> str:
-        return ("MicroPython %s on %s; Generic ESP32 module with ESP32\r\n"
-                "Type \"help()\" for more information.\r\n" % (self.info.version, self.info.date))
+        return ("MicroPython %s on %s; %s\r\n"
+                "Type \"help()\" for more information.\r\n"
+                % (self.info.version, self.info.date, machine_name(self.board)))
 
     def _console_input(self, data: bytes) -> None:
         if self._vm is not None and self.info.state == "running":
@@ -378,7 +372,7 @@ class VirtualBoard:
         async with self._lock:
             await self._halt_vm()
             self.info = BootInfo("download", "ROM serial bootloader")
-            self._say(_ROM_BANNER + _ROM_RESET_LINE["download"] + "\r\nwaiting for download\r\n")
+            self._say(ROM_BANNER + DOWNLOAD_LINES)
 
     async def _leave_download(self) -> None:
         await self.reset("poweron")
