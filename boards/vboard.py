@@ -81,6 +81,8 @@ class VirtualBoard:
         self._pending = b""
         self._expected_exit = False
         self._lock = asyncio.Lock()
+        self._stopped = False
+        self._background: set[asyncio.Task] = set()    # resets the firmware asked for
         self.boots = 0
         self.write_budget: int | None = None  # power cut after this many flash block writes
 
@@ -90,20 +92,32 @@ class VirtualBoard:
                     host: str = "127.0.0.1") -> None:
         from boards.rom import RomBootloader
 
-        await self.console.start(host, console_port)
-        self.rom = RomBootloader(self.flash, self.board, self.serial,
-                                 on_session_start=self._enter_download,
-                                 on_session_end=self._leave_download)
-        await self.rom.start(host, rom_port)
-        if self._hardware_factory is not None:
-            self.hardware = self._hardware_factory(self)
-            await self.hardware.start()
-        if self.world is not None:
-            self._fault_task = asyncio.create_task(self._watch_faults(),
-                                                   name="faults-" + self.board_id)
-        await self.power_on()
+        try:
+            await self.console.start(host, console_port)
+            self.rom = RomBootloader(self.flash, self.board, self.serial,
+                                     on_session_start=self._enter_download,
+                                     on_session_end=self._leave_download)
+            await self.rom.start(host, rom_port)
+            if self._hardware_factory is not None:
+                self.hardware = self._hardware_factory(self)
+                await self.hardware.start()
+            if self.world is not None:
+                self._fault_task = asyncio.create_task(self._watch_faults(),
+                                                       name="faults-" + self.board_id)
+            await self.power_on()
+        except BaseException:
+            await self.stop()        # a port in use: nothing of this board stays open
+            raise
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
+        self._stopped = True             # a reset queued before now must not start a VM
+        for task in list(self._background):
+            task.cancel()
         if self._fault_task is not None:
             self._fault_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,8 +177,7 @@ class VirtualBoard:
 
     def hardware_event(self, kind: str, **details) -> None:
         """machine.reset(), deepsleep(), WDT expiry, a power cut: called in the board's loop."""
-        asyncio.get_running_loop().create_task(self._hardware_event(kind, details),
-                                               name="%s-%s" % (self.board_id, kind))
+        self._spawn(self._hardware_event(kind, details), "%s-%s" % (self.board_id, kind))
 
     async def _hardware_event(self, kind: str, details: dict) -> None:
         log.info("%s: %s %s", self.board_id, kind, details or "")
@@ -279,6 +292,8 @@ class VirtualBoard:
         return env
 
     async def _start_vm(self, mode: str) -> None:
+        if self._stopped:
+            return
         self._repl_raw = False
         self._restart_raw = mode == "raw"
         self._swallow_until_raw = False
@@ -305,7 +320,7 @@ class VirtualBoard:
             self._say("\r\nvboard: the MicroPython VM exited with status %d; "
                       "soft-resetting\r\n" % code)
         self._vm = None
-        asyncio.create_task(self._soft_reset(raw))
+        self._spawn(self._soft_reset(raw), "soft-reset-" + self.board_id)
 
     async def _soft_reset(self, raw: bool) -> None:
         async with self._lock:
