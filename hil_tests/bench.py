@@ -39,6 +39,16 @@ def mpremote(port_url: str, *args: str, timeout: float = 60) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
+ECHO = False           # set by conftest.py: `pytest -s` shows the commands the tests run
+
+
+def show(capsys, text: str) -> None:
+    """Print a command and its output under `pytest -s` (the field guide's source)."""
+    if ECHO:
+        with capsys.disabled():
+            print(text)
+
+
 class Dut:
     """A device under test."""
 

@@ -12,6 +12,7 @@ import pytest
 
 from boards.broker import Broker
 from boards.testbed import PREFIX, MqttWatch, Testbed
+from hil_tests import bench as duts
 from hil_tests.bench import VirtualDut, load_bench, virtual_fleet
 
 
@@ -19,6 +20,11 @@ def pytest_addoption(parser):
     parser.addoption("--bench", metavar="FILE",
                      help="run the HIL suite on the real boards this TOML file describes "
                           "(default: virtual boards)")
+
+
+@pytest.fixture(autouse=True)
+def _echo_with_dash_s(pytestconfig):
+    duts.ECHO = pytestconfig.getoption("capture") == "no"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,7 +28,7 @@ from boards.testbed import PREFIX
 from fleet.cli import main as fleet_main
 from fleet.firmware import add_to_cache
 from fleet.registry import Registry
-from hil_tests.bench import VirtualDut, virtual_fleet
+from hil_tests.bench import VirtualDut, show, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
 BIN = Path(sys.executable).parent
@@ -68,22 +68,6 @@ def boards(tmp_path):
 
 def fleet(testbed, cache, *args) -> list[str]:
     return ["--registry", testbed.registry_url, *args, "--firmware-cache", str(cache)]
-
-
-ECHO = False
-
-
-@pytest.fixture(autouse=True)
-def _echo_with_dash_s(pytestconfig):
-    """With `pytest -s`, each run's command and output is printed (the field guide's source)."""
-    global ECHO
-    ECHO = pytestconfig.getoption("capture") == "no"
-
-
-def show(capsys, text: str) -> None:
-    if ECHO:
-        with capsys.disabled():
-            print(text)
 
 
 def run_fleet(capsys, argv) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ from fleet.appbuild import build_app
 from fleet.cli import main as fleet_main
 from fleet.nodeconfig import SiteProfile, node_config_bytes
 from fleet.registry import Registry
-from hil_tests.bench import VirtualDut, mpremote, virtual_fleet
+from hil_tests.bench import VirtualDut, mpremote, show, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
 
@@ -43,22 +43,6 @@ def running_node(tmp_path, app_source):
         dut = VirtualDut(fleet, "board-00")
         dut.wait_console("node shaft-01 (shaft, site north)")
         yield dut
-
-
-ECHO = False
-
-
-@pytest.fixture(autouse=True)
-def _echo_with_dash_s(pytestconfig):
-    """With `pytest -s`, each run's command and output is printed (the field guide's source)."""
-    global ECHO
-    ECHO = pytestconfig.getoption("capture") == "no"
-
-
-def show(capsys, text: str) -> None:
-    if ECHO:
-        with capsys.disabled():
-            print(text)
 
 
 def push(capsys, *args) -> tuple[int, str, str]:
