@@ -34,6 +34,14 @@ def _cmd_device_add(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device_place(reg: Registry, args: argparse.Namespace) -> int:
+    device = reg.place(args.id, args.street, args.position)
+    print("%s stands on %s at %s" % (
+        device.id, device.street or "(no street)",
+        "%g m" % device.position_m if device.position_m is not None else "(no position)"))
+    return 0
+
+
 def _cmd_device_list(reg: Registry, args: argparse.Namespace) -> int:
     devices = [d.summary() for d in reg.devices(site=args.site)]
     if args.json:
@@ -386,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--position", type=float, metavar="METRES",
                      help="position along the street in metres")
     add.set_defaults(func=_cmd_device_add)
+
+    place = dsub.add_parser("place", help="set (or clear) where a device stands: the lamps "
+                                          "the gateway's neighbour rule boosts together")
+    place.add_argument("id")
+    place.add_argument("--street", help="street name (omit to clear)")
+    place.add_argument("--position", type=float, metavar="METRES",
+                       help="position along the street in metres (omit to clear)")
+    place.set_defaults(func=_cmd_device_place)
 
     lst = dsub.add_parser("list", help="list registered devices")
     lst.add_argument("--json", action="store_true", help="print the registry as JSON")

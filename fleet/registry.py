@@ -255,6 +255,16 @@ class Registry:
             device.provisioned_at = datetime.now(timezone.utc)
             s.commit()
 
+    def place(self, device_id: str, street: str | None, position_m: float | None) -> Device:
+        """Where a lamp stands (the gateway's neighbour rule reads it); None clears it."""
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise RegistryError("no device %s in the registry" % device_id)
+            device.street, device.position_m = street, position_m
+            s.commit()
+            return device
+
     # --- provisioning ----------------------------------------------------------------------
 
     def by_mac(self, mac: str) -> Device | None:

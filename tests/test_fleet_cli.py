@@ -107,3 +107,15 @@ def test_commands_without_the_registry_neither_open_nor_need_it(tmp_path, capsys
                                 "device", "list"])
     assert code == 1 and err.startswith("fleet: the registry postgresql+nosuchdriver://u:***@")
     assert "pw-123" not in err and "Traceback" not in err
+
+
+def test_a_provisioned_lamp_is_placed_on_its_street(registry, capsys):
+    assert run(capsys, registry + ["device", "add", "lamp-01", "--role", "lighting",
+                                   "--site", "north"])[0] == 0
+    code, out, _ = run(capsys, registry + ["device", "place", "lamp-01", "--street",
+                                           "golden-mile", "--position", "30"])
+    assert code == 0 and "lamp-01 stands on golden-mile at 30 m" in out
+    (lamp,) = json.loads(run(capsys, registry + ["device", "list", "--json"])[1])
+    assert (lamp["street"], lamp["position_m"]) == ("golden-mile", 30.0)
+    code, _, err = run(capsys, registry + ["device", "place", "lamp-99", "--street", "x"])
+    assert code == 1 and "no device lamp-99" in err
