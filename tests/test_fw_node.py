@@ -7,6 +7,7 @@ folder), so a "reboot" is a new State() and Queue() in the same VM."""
 from __future__ import annotations
 
 import json
+import socket
 
 import cbor2
 
@@ -417,3 +418,37 @@ for call in (client.aobserve("c"), client.arequest(2, "u", b"")):
         pass                    # nobody answers
 """, tmp_path)
     assert [d[1] for d in sink.collected()] == [0x05, 0x02]      # FETCH, POST
+
+
+def test_an_unprotected_error_with_a_garbled_diagnostic_is_logged_not_fatal(tmp_path):
+    """Anyone on the network can answer with an unprotected 4.01; its diagnostic text is not
+    authenticated and may not even be UTF-8. The node logs it and keeps its reading."""
+    import threading
+
+    from gateway import coap as gw_coap
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(20)
+
+    def answer():
+        data, addr = sock.recvfrom(2048)
+        request = gw_coap.parse(data)
+        sock.sendto(gw_coap.encode(gw_coap.ACK, gw_coap.UNAUTHORIZED, request.mid,
+                                   request.token, [], b"\xff\xfe\x80 forged"), addr)
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    cfg = config(max_retransmit=0, ack_timeout_ms=2000,
+                 gateway={"host": "127.0.0.1", "port": sock.getsockname()[1]})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    results = run_fw("""
+import asyncio
+from app import config, state as st
+from app.node import Node
+from app.link import KEEP
+node = Node(config.load(), st.State())
+emit(asyncio.run(node.link.post("u", b"\\\\x81")) == KEEP)
+""", tmp_path)
+    thread.join(5)
+    sock.close()
+    assert results == [True]
