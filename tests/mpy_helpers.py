@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
+from boards.broker import free_port
 from boards.vm import FIRMWARE, run_source
 
 LIB = FIRMWARE / "lib"
@@ -51,9 +52,7 @@ def run_mpy_cases(source: str, cases: list, *, cwd: Path | None = None,
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port(socket.SOCK_DGRAM)
 
 
 def vm_settings(max_examples: int) -> settings:

@@ -294,7 +294,8 @@ class Gateway:
         for path in ("u", "s"):
             site.add_resource([path], Reading(path, self.seen))
         self.context = await aiocoap.Context.create_server_context(
-            OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", self.port))
+            OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", self.port),
+            transports=["udp6"])  # only the UDP port free_udp_port() found free; no TCP/WS listeners
         return self
 
     async def __aexit__(self, *exc):
