@@ -17,11 +17,11 @@ from boards.vm import FIRMWARE, SHIMS, run_source
 PATH = [".frozen", FIRMWARE, FIRMWARE / "lib", SHIMS]
 
 
-def run_fw(source: str, tmp_path, *, timeout: float = 60.0) -> list:
+def run_fw(source: str, tmp_path, *, timeout: float = 60.0, **options) -> list:
     """Run ``source`` (with emit(obj) printing JSON) in a fresh VM with the firmware on its
     path and ``tmp_path`` as its filesystem; return the emitted objects."""
     prelude = "import json\ndef emit(obj):\n    print('@' + json.dumps(obj))\n"
-    proc = run_source(prelude + source, PATH, cwd=tmp_path, timeout=timeout)
+    proc = run_source(prelude + source, PATH, cwd=tmp_path, timeout=timeout, **options)
     out = proc.stdout.decode("utf-8", "replace")
     assert proc.returncode == 0, out + proc.stderr.decode("utf-8", "replace")
     return [json.loads(line[1:]) for line in out.splitlines() if line.startswith("@")]
@@ -452,3 +452,59 @@ emit(asyncio.run(node.link.post("u", b"\\\\x81")) == KEEP)
     thread.join(5)
     sock.close()
     assert results == [True]
+
+
+def test_a_battery_wake_makes_one_exchange_when_the_first_gets_no_answer(tmp_path):
+    """firmware.md: a wake with no answer to its first request goes back to sleep; a pending
+    ack must not start a second exchange (that doubled the radio time of every wake in an
+    outage)."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # answers nothing
+    sink.bind(("127.0.0.1", 0))
+    cfg = config(max_retransmit=0, ack_timeout_ms=300,
+                 gateway={"host": "127.0.0.1", "port": sink.getsockname()[1]})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    results = run_fw("""
+import asyncio
+from app import config, state as st
+from app.node import Node
+state = st.State()
+state.status_due = 10 ** 6          # no status this wake
+state.acks = [(7, True)]            # a command's ack waits for the next uplink
+node = Node(config.load(), state)
+class Role:
+    async def wake(self):
+        node.submit([("l", 125)])
+        return 900000
+    def retry_due(self):
+        return True
+asyncio.run(node.cycle(Role()))
+emit([len(node.state.acks), node.queue.empty()])
+""", tmp_path)
+    sink.setblocking(False)             # the VM has exited: all it sent is in the buffer
+    sent = []
+    while True:
+        try:
+            sent.append(sink.recv(2048))
+        except BlockingIOError:
+            break
+    sink.close()
+    assert results == [[1, False]]     # the ack still waits, the reading is queued
+    assert len(sent) == 1, [d.hex() for d in sent]
+
+
+def test_a_config_command_reaches_the_running_lighting_loop(tmp_path):
+    """A lamp is always on: a config command changes the loop that is running, not only the
+    file (the loop reports every cfg.interval_s and dims by its settings)."""
+    cfg = config(id="lamp-01", role="lighting", interval_s=60)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    results = run_fw("""
+from app import config, state as st
+from app.node import Node
+from app.lighting import Lighting
+node = Node(config.load(), st.State())
+node.role = Lighting(node)
+emit(node._configure({"interval_s": 30, "lighting.night_pct": 25}))
+emit([node.role.cfg.interval_s, node.role.s["night_pct"]])
+""", tmp_path, heap_flag="heapsize=512K")   # compiled from source here, not frozen
+    assert results == [True, [30, 25]]
+    assert json.loads((tmp_path / "config.json").read_text())["interval_s"] == 30
