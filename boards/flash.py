@@ -197,27 +197,45 @@ def parse_app_desc(segment_data: bytes) -> tuple[str, str, str, str] | None:
     return text(project), text(version), text(idf), text(date)
 
 
-def read_app(flash: FlashFile, part: Partition) -> AppInfo:
-    """Validate the app image in ``part`` (header, segments, checksum, SHA-256) and read its
-    descriptor; FlashError when the bootloader would refuse it."""
+class AppImageError(ValueError):
+    """What is wrong with an app image: ``kind`` is "invalid", "digest" or "descriptor"."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind
+
+
+def check_app_image(data: bytes) -> tuple[tuple[str, str, str, str], int]:
+    """Validate an app image (header, segments, checksum, SHA-256) with esptool's reader and
+    read its descriptor: ((project, version, idf_version, date), length in bytes).
+    AppImageError when the bootloader would refuse it."""
     from esptool.bin_image import ESP32FirmwareImage  # esptool parses images, we don't
 
+    try:
+        image = ESP32FirmwareImage(io.BytesIO(data))
+    except Exception as exc:  # esptool raises FatalError and struct errors alike
+        raise AppImageError("invalid", str(exc)) from None
+    if image.append_digest and image.stored_digest != image.calc_digest:
+        raise AppImageError("digest", "SHA-256 digest mismatch")
+    desc = parse_app_desc(image.segments[0].data) if image.segments else None
+    if desc is None:
+        raise AppImageError("descriptor", "no app descriptor")
+    return desc, image.data_length or 0
+
+
+def read_app(flash: FlashFile, part: Partition) -> AppInfo:
+    """The app image in ``part``, checked as check_app_image() does; FlashError when the
+    bootloader would refuse it."""
     head = flash.read(part.offset, 1)
     if head[0] != IMAGE_MAGIC:
         raise FlashError("invalid header: 0x%08x" % struct.unpack(
             "<I", flash.read(part.offset, 4))[0])
-    data = flash.read(part.offset, part.size)
     try:
-        image = ESP32FirmwareImage(io.BytesIO(data))
-    except Exception as exc:  # esptool raises FatalError and struct errors alike
-        raise FlashError("app image in %s is not valid: %s" % (part.name, exc)) from None
-    if image.append_digest and image.stored_digest != image.calc_digest:
-        raise FlashError("app image in %s: SHA-256 digest mismatch" % part.name)
-    desc = parse_app_desc(image.segments[0].data) if image.segments else None
-    if desc is None:
-        raise FlashError("app image in %s has no app descriptor" % part.name)
+        desc, length = check_app_image(flash.read(part.offset, part.size))
+    except AppImageError as exc:
+        raise FlashError("app image in %s: %s" % (part.name, exc)) from None
     project, version, idf, date = desc
-    return AppInfo(project, version, idf, date, part.name, image.data_length or 0)
+    return AppInfo(project, version, idf, date, part.name, length)
 
 
 def build_app_image(project: str, version: str, *, idf_version: str = "v5.2.2",

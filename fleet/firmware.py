@@ -17,7 +17,6 @@ Nothing is downloaded: `fleet firmware add FILE --board NAME` checks an image an
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -26,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boards.definitions import Board, Partition
-from boards.flash import (IMAGE_MAGIC, PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE, FlashError,
-                          bootloader_offset, filesystem_partition, parse_app_desc,
-                          parse_partition_table, select_boot_partition)
+from boards.flash import (IMAGE_MAGIC, PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE,
+                          AppImageError, FlashError, bootloader_offset, check_app_image,
+                          filesystem_partition, parse_app_desc, parse_partition_table,
+                          select_boot_partition)
 from fleet.chip import chip_label
 from fleet.errors import (BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE,
                           FleetError)
@@ -119,25 +119,18 @@ def load_image(path: Path) -> FirmwareImage:
 
 
 def _describe_app(path: Path, app: bytes) -> tuple[str, str, str, str]:
-    from esptool.bin_image import ESP32FirmwareImage
     from esptool.targets import CHIP_DEFS
 
     try:
-        image = ESP32FirmwareImage(io.BytesIO(app))
-    except Exception as exc:  # esptool raises FatalError and struct errors alike
-        raise FleetError("%s: the app image is not valid (%s): download it again"
-                         % (path, exc), BAD_FIRMWARE) from None
-    if image.append_digest and image.stored_digest != image.calc_digest:
-        raise FleetError("%s: the app image is damaged (SHA-256 mismatch): download it again"
-                         % path, BAD_FIRMWARE)
-    desc = parse_app_desc(image.segments[0].data) if image.segments else None
-    if desc is None:
-        raise FleetError("%s: the app image has no app descriptor (not an ESP-IDF app)" % path,
-                         BAD_FIRMWARE)
+        (project, version, _idf, date), _ = check_app_image(app)
+    except AppImageError as exc:
+        why = {"descriptor": "has no app descriptor (not an ESP-IDF app)",
+               "digest": "is damaged (SHA-256 mismatch): download it again"}.get(
+            exc.kind, "is not valid (%s): download it again" % exc)
+        raise FleetError("%s: the app image %s" % (path, why), BAD_FIRMWARE) from None
     chip_id = struct.unpack_from("<H", app, 12)[0]
     chip = next((name for name, cls in CHIP_DEFS.items()
                  if getattr(cls, "IMAGE_CHIP_ID", None) == chip_id), "chip id %d" % chip_id)
-    project, version, _idf, date = desc
     return project, version, date, chip
 
 
