@@ -26,7 +26,7 @@ from bench.common import Result
 from boards.broker import Broker
 from boards.netem import UdpSink
 from boards.testbed import BoardNode, Testbed, heap_reports
-from boards.vm import FIRMWARE, HEAP_FLAG, POINTER_SIZE_RATIO, SHIM_HEAP_BYTES, SHIMS, run_source
+from boards.vm import FIRMWARE, HEAP_FLAG, SHIMS, board_heap_flag, run_source
 
 SCENARIO = Path(__file__).resolve().parent.parent / "hil_tests" / "scenarios" / "one-of-each.toml"
 RUN_S = 45
@@ -61,8 +61,7 @@ def available_heap() -> int:
     """What the VM leaves the firmware: its heap after the shims are loaded, as on a board."""
     src = ("import gc\nfor n in ('_vbus','time','select','os','machine','network','esp32',"
            "'esp'):\n    __import__(n)\ngc.collect()\nprint(gc.mem_free())\n")
-    heap = "heapsize=%dK" % ((110 * 1024 * POINTER_SIZE_RATIO + SHIM_HEAP_BYTES) // 1024)
-    proc = run_source(src, [".frozen", SHIMS], heap_flag=heap)
+    proc = run_source(src, [".frozen", SHIMS], heap_flag=board_heap_flag())
     return int(proc.stdout.split()[-1])
 
 

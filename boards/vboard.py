@@ -27,7 +27,7 @@ from boards.definitions import Board
 from boards.flash import FlashError, FlashFile
 from boards.hardware import machine_name
 from boards.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
-from boards.vm import POINTER_SIZE_RATIO, SHIMS, SHIM_HEAP_BYTES, micropython_executable
+from boards.vm import SHIMS, board_heap_flag, micropython_executable
 
 log = logging.getLogger("vboard")
 
@@ -299,16 +299,11 @@ class VirtualBoard:
         self._swallow_until_raw = False
         self._pending = b""
         self._expected_exit = False
-        cmd = [micropython_executable(), "-X", self._heap_flag(), "-i", str(SHIMS / "_vboot.py")]
+        cmd = [micropython_executable(), "-X", board_heap_flag(self.board.esp32_heap_bytes), "-i", str(SHIMS / "_vboot.py")]
         self._vm = VmProcess(cmd, self._vm_environment(mode), str(self.workdir), self._vm_output)
         await self._vm.start()
         self._vm_task = asyncio.create_task(self._watch_vm(self._vm), name="vm-" + self.board_id)
 
-    def _heap_flag(self) -> str:
-        # The chip's heap, doubled for the 64-bit VM (boards/vm.py), plus what the hardware
-        # shims take: on the chip that code is in flash, here it is bytecode on the heap.
-        return "heapsize=%dK" % ((self.board.esp32_heap_bytes * POINTER_SIZE_RATIO
-                                  + SHIM_HEAP_BYTES) // 1024)
 
     async def _watch_vm(self, vm: VmProcess) -> None:
         code = await vm.wait()

@@ -24,6 +24,12 @@ HEAP_FLAG = "heapsize=%dK" % (ESP32_HEAP_BYTES * POINTER_SIZE_RATIO // 1024)
 # the VM heap at boot; the board adds this much so the firmware keeps the modelled heap.
 SHIM_HEAP_BYTES = 64 * 1024
 
+
+def board_heap_flag(esp32_heap_bytes: int = ESP32_HEAP_BYTES) -> str:
+    """The VM heap of a virtual board: the chip's heap, doubled for the 64-bit VM, plus what the
+    hardware shims take (on the chip that code is in flash, here it is bytecode on the heap)."""
+    return "heapsize=%dK" % ((esp32_heap_bytes * POINTER_SIZE_RATIO + SHIM_HEAP_BYTES) // 1024)
+
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 SHIMS = Path(__file__).resolve().parent / "shims"

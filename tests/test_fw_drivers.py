@@ -24,15 +24,13 @@ from boards.hardware import BoardHardware
 from boards.models.jsnsr04t import frame as sonar_frame, speed_of_sound
 from boards.models.wiring import wire
 from boards.scenarios import Scenario
-from boards.vm import (ESP32_HEAP_BYTES, FIRMWARE, POINTER_SIZE_RATIO, SHIM_HEAP_BYTES, SHIMS,
-                       micropython_executable, vm_env)
+from boards.vm import FIRMWARE, SHIMS, board_heap_flag, micropython_executable, vm_env
 from boards.world import World
 
 pytestmark = pytest.mark.timeout(60)
 
 BOARD_ID = "node-1"
-# the heap a virtual board gives its VM: the modelled ESP32's, plus room for the shims
-HEAP_FLAG = "heapsize=%dK" % ((ESP32_HEAP_BYTES * POINTER_SIZE_RATIO + SHIM_HEAP_BYTES) // 1024)
+HEAP_FLAG = board_heap_flag()       # the heap a virtual board gives its VM
 
 PRELUDE = """
 import json, sys

@@ -22,7 +22,7 @@ from boards.flash import OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID, rea
 from boards.hardware import (BoardHardware, SimClock, adc_reading, boot_partition,
                              set_boot_partition)
 from boards.models.base import Nack
-from boards.vm import SHIMS, micropython_executable, vm_env
+from boards.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,7 +168,7 @@ class Rig:
         """Run ``source`` on a fresh VM; its JSON lines. With ``until_event`` the VM is
         expected to halt (deep sleep, WDT ...): it is killed once that event arrives."""
         prelude = "import json\ndef emit(*v):\n    print(json.dumps(v))\n"
-        proc = subprocess.Popen([micropython_executable(), "-X", "heapsize=220K", "-c",
+        proc = subprocess.Popen([micropython_executable(), "-X", board_heap_flag(), "-c",
                                  prelude + source], env=self.env(board), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if until_event is None:

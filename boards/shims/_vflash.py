@@ -4,7 +4,6 @@
 # VBOARD_FS_SIZE (the vfs partition), VBOARD_MODE ("normal", or "raw" after a raw-REPL soft
 # reset: no main.py), VBOARD_WRITE_BUDGET (power cut after that many flash block writes).
 
-import os
 import sys
 import vfs
 
