@@ -87,10 +87,11 @@ class LD2410:
     def poll(self):
         """Parse what the UART holds now; True if a new report arrived. Never blocks.
         SensorError("frame") for a broken frame (already skipped: the next poll goes on),
-        "silent" or "garbage" when no valid report came for a second."""
+        "silent" or "garbage" (more than a frame's worth of bytes that were no frame) when no
+        valid report came for a second."""
         got = self._pump()
         if not got and time.ticks_diff(time.ticks_ms(), self._heard_ms) > _SILENT_MS:
-            if self._junk:
+            if self._junk > _MAX_LEN:     # more than the tail of one torn frame
                 self._junk = 0
                 raise SensorError("garbage", "ld2410: bytes but no frames (baud rate?)")
             raise SensorError("silent", "ld2410: no report for 1 s")
