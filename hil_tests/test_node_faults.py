@@ -92,7 +92,7 @@ def test_sonar_unplugged_is_reported_and_the_shaft_node_keeps_cycling(bed):
     wait_for(lambda: len(sleeps()) >= 3, 60, lambda: list(lines)[n:])
     slept = sleeps()
     # 60 s less the time awake, which at speed 60 counts a busy host's delays 60-fold
-    assert all(30 <= s <= 60 for s in slept), slept
+    assert all(10 <= s <= 60 for s in slept), slept
     fleet.world.clear("shaft-01", "jsnsr04t_silent")
     wait_for(lambda: statuses(watch, "shaft-01")[-1] & F_SONAR == 0, 30,
              lambda: statuses(watch, "shaft-01"))

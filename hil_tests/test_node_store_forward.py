@@ -60,7 +60,8 @@ def test_gateway_down_ten_minutes_every_reading_arrives_in_order_with_its_time(t
     # Every reading the node took arrived, once, in the order it was taken.
     assert levels == taken[:len(levels)], (levels, taken)
     steps = [b - a for a, b in zip(levels, levels[1:])]
-    assert all(10 <= s <= 60 for s in steps), steps      # about 30 mm a minute
+    # about 30 mm a minute (less across the reset, which makes the node measure at once)
+    assert all(0 < s <= 60 for s in steps), steps
     # The ones taken while the gateway was down came late, several to a frame, each with the
     # time it was taken: about a minute apart, though they arrived together, and those times
     # agree with the water: the level rose 0.5 mm a second between any two of them.
@@ -72,7 +73,7 @@ def test_gateway_down_ten_minutes_every_reading_arrives_in_order_with_its_time(t
     gaps = [b["t"] - a["t"] for a, b in zip(queued, queued[1:])]
     # (a wake's own length varies by a few simulated seconds at this speed: host time x 60;
     # the reset reports at once, out of step)
-    assert all(15 <= g <= PERIOD_S + 25 for g in gaps), gaps
+    assert all(15 <= g <= PERIOD_S + 60 for g in gaps), gaps
     t0 = queued[0]["t"]
     xs = [r["t"] - t0 for r in queued]
     ys = [r["v"] for r in queued]
