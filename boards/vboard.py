@@ -299,11 +299,11 @@ class VirtualBoard:
         self._swallow_until_raw = False
         self._pending = b""
         self._expected_exit = False
-        cmd = [micropython_executable(), "-X", board_heap_flag(self.board.esp32_heap_bytes), "-i", str(SHIMS / "_vboot.py")]
+        cmd = [micropython_executable(), "-X", board_heap_flag(self.board.esp32_heap_bytes),
+               "-i", str(SHIMS / "_vboot.py")]
         self._vm = VmProcess(cmd, self._vm_environment(mode), str(self.workdir), self._vm_output)
         await self._vm.start()
         self._vm_task = asyncio.create_task(self._watch_vm(self._vm), name="vm-" + self.board_id)
-
 
     async def _watch_vm(self, vm: VmProcess) -> None:
         code = await vm.wait()

@@ -30,6 +30,7 @@ def board_heap_flag(esp32_heap_bytes: int = ESP32_HEAP_BYTES) -> str:
     hardware shims take (on the chip that code is in flash, here it is bytecode on the heap)."""
     return "heapsize=%dK" % ((esp32_heap_bytes * POINTER_SIZE_RATIO + SHIM_HEAP_BYTES) // 1024)
 
+
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 SHIMS = Path(__file__).resolve().parent / "shims"

@@ -390,24 +390,25 @@ emit("mangled", events, good, radar.skipped > 0, radar.bad_frames)
 
     # The UART starts listening mid-report, then the radar is mute: one torn frame is no
     # "garbage".
-    rig.call(lambda: rig.hw.attach_uart(2, Torn(radar_model, b"\x1e\x00\x64\x3c\x00\x32\x55\x00"
-                                                 b"\xf8\xf7\xf6\xf5")))
+    tail = b"\x1e\x00\x64\x3c\x00\x32\x55\x00\xf8\xf7\xf6\xf5"
+    rig.call(lambda: rig.hw.attach_uart(2, Torn(radar_model, tail)))
     rig.world.inject(BOARD_ID, "ld2410_silent")
     r = rig.run(RADAR_SETUP + """
 t0 = time.ticks_ms()
 codes = []
-while time.ticks_diff(time.ticks_ms(), t0) < 2000:
+while time.ticks_diff(time.ticks_ms(), t0) < 3000:
     try:
         radar.poll()
     except SensorError as e:
         codes.append((e.code, time.ticks_diff(time.ticks_ms(), t0)))
         break
     time.sleep_ms(50)
-emit("silent", codes, radar.skipped, radar._junk, radar._n)
+emit("silent", codes)
 emit("no_ack", code_of(radar.firmware_version))
 """)
-    print("DBG", r["silent"]); ((code, after_ms),) = r["silent"][0]
-    assert code == "silent" and 1000 <= after_ms < 1500     # 1 s, polled every 50 ms
+    ((code, after_ms),) = r["silent"]
+    # 1 s, polled every 50 ms (at speed 4 a loaded host's delays count 4-fold)
+    assert code == "silent" and 1000 <= after_ms < 2500
     assert r["no_ack"] == "no_ack"
 
     rig.world.clear(BOARD_ID, "ld2410_silent")

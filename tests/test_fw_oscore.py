@@ -295,7 +295,7 @@ class Gateway:
             site.add_resource([path], Reading(path, self.seen))
         self.context = await aiocoap.Context.create_server_context(
             OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", self.port),
-            transports=["udp6"])  # only the UDP port free_udp_port() found free; no TCP/WS listeners
+            transports=["udp6"])  # only the UDP port free_udp_port() found: no TCP/WS listeners
         return self
 
     async def __aexit__(self, *exc):
