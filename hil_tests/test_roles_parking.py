@@ -93,7 +93,8 @@ def test_calibrate_command_takes_a_new_baseline_and_is_acknowledged(lot, broker)
                    hostname="127.0.0.1", port=broker.port)
     deadline = time.monotonic() + 60        # a sleeping node takes it at its next contact
     while not any(o["outcome"] == "acknowledged" for o in outcomes_of(watch.messages, "bay-03")):
-        assert time.monotonic() < deadline, outcomes_of(watch.messages, "bay-03")
+        assert time.monotonic() < deadline, (outcomes_of(watch.messages, "bay-03"),
+                                             list(fleet.lines["bay-03"])[-30:])
         time.sleep(0.1)
     fleet.wait_line("bay-03", "parking: baseline", 5)
     assert any("command 1 calibrate {}: done" in line for line in fleet.lines["bay-03"])
