@@ -14,11 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.errors import FleetError
-from fleet.registry import Registry, RegistryError, export_oscore, registry_url
+from fleet.registry import Registry, RegistryError, export_oscore, registry_url, shown_url
 from gateway.vocabulary import ROLES
 
 # Far above what a device reaches in its life at one frame a minute (2**20 frames = 2 years), so an
@@ -49,7 +48,7 @@ def _cmd_device_list(reg: Registry, args: argparse.Namespace) -> int:
         print()
         return 0
     if not devices:
-        print("no devices registered in %s" % reg.url)
+        print("no devices registered in %s" % reg.shown)
         return 0
     for d in devices:
         d["provisioned_at"] = (d["provisioned_at"] or "-")[:19]
@@ -102,7 +101,7 @@ def _cmd_site_list(reg: Registry, args: argparse.Namespace) -> int:
         print()
     elif not sites:
         print("no site profiles in %s (add one: fleet site set NAME --gateway HOST ...)"
-              % reg.url)
+              % reg.shown)
     else:
         _print_table(sites, ("name", "gateway", "wifi_ssid", "wifi_psk", "mqtt_url",
                              "mqtt_prefix", "board", "firmware"))
@@ -521,20 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except SQLAlchemyError as exc:
         print("fleet: the registry %s cannot be used: %s"
-              % (_shown(url), str(exc).splitlines()[0]), file=sys.stderr)
+              % (shown_url(url), str(exc).splitlines()[0]), file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:      # the database's driver (psycopg, ...) is missing
         print("fleet: the registry %s needs the Python package %r: install it into this "
-              "environment" % (_shown(url), exc.name), file=sys.stderr)
+              "environment" % (shown_url(url), exc.name), file=sys.stderr)
         return 1
-
-
-def _shown(url: str) -> str:
-    """A registry URL without its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(an invalid URL)"
 
 
 if __name__ == "__main__":

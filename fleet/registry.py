@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import (DateTime, Float, Integer, LargeBinary, String, create_engine, event,
                         func, inspect, select, text)
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -172,9 +173,18 @@ def registry_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("FLEET_REGISTRY") or DEFAULT_URL
 
 
+def shown_url(url: str) -> str:
+    """A registry URL as messages and logs show it: without the database password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:   # SQLAlchemy's ArgumentError, and anything a strange string raises
+        return "(an invalid URL)"
+
+
 class Registry:
     def __init__(self, url: str | None = None) -> None:
         self.url = registry_url(url)
+        self.shown = shown_url(self.url)
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -227,7 +237,7 @@ class Registry:
         with self.session() as s:
             device = s.get(Device, device_id)
         if device is None:
-            raise RegistryError("no device %s in the registry %s" % (device_id, self.url))
+            raise RegistryError("no device %s in the registry %s" % (device_id, self.shown))
         return device
 
     def devices(self, site: str | None = None) -> list[Device]:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
+from fleet.registry import shown_url
 from gateway.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ class RegistryConfig:
     @property
     def shown(self) -> str:
         """The URL as logs and messages show it: without the database password."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return shown_url(self.url)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,21 @@ def test_commands_without_the_registry_neither_open_nor_need_it(tmp_path, capsys
     assert "pw-123" not in err and "Traceback" not in err
 
 
+def test_messages_that_name_the_registry_hide_its_password(tmp_path, capsys, monkeypatch):
+    """A PostgreSQL URL carries the database password: "no devices in", "no device X in" and
+    the site list show it as ***. (The registry behind it is SQLite: no server here.)"""
+    from sqlalchemy import create_engine
+    sqlite = "sqlite:///%s" % (tmp_path / "fleet.db")
+    monkeypatch.setattr("fleet.registry.create_engine", lambda url: create_engine(sqlite))
+    url = "postgresql://fleet:pw-123@db.local/fleet"
+    for argv in (["device", "list"], ["site", "list"],
+                 ["device", "export-oscore", "lamp-99", str(tmp_path / "x")]):
+        code, out, err = run(capsys, ["--registry", url] + argv)
+        assert "postgresql://fleet:***@db.local/fleet" in out + err, (argv, out, err)
+        assert "pw-123" not in out + err
+    assert code == 1 and "no device lamp-99" in err
+
+
 def test_a_provisioned_lamp_is_placed_on_its_street(registry, capsys):
     assert run(capsys, registry + ["device", "add", "lamp-01", "--role", "lighting",
                                    "--site", "north"])[0] == 0
