@@ -257,23 +257,23 @@ class Registry:
             return list(s.scalars(select(Device).where(Device.kid > kid_floor)
                                   .order_by(Device.kid)))
 
-    def mark_provisioned(self, device_id: str) -> None:
+    def _update(self, device_id: str, **values) -> Device:
+        """Set columns of one device in one transaction; the device as stored."""
         with self.session() as s:
             device = s.get(Device, device_id)
             if device is None:
-                raise RegistryError("no device %s in the registry" % device_id)
-            device.provisioned_at = datetime.now(timezone.utc)
+                raise RegistryError("no device %s in the registry %s" % (device_id, self.shown))
+            for name, value in values.items():
+                setattr(device, name, value)
             s.commit()
+            return device
+
+    def mark_provisioned(self, device_id: str) -> None:
+        self._update(device_id, provisioned_at=datetime.now(timezone.utc))
 
     def place(self, device_id: str, street: str | None, position_m: float | None) -> Device:
         """Where a lamp stands (the gateway's neighbour rule reads it); None clears it."""
-        with self.session() as s:
-            device = s.get(Device, device_id)
-            if device is None:
-                raise RegistryError("no device %s in the registry" % device_id)
-            device.street, device.position_m = street, position_m
-            s.commit()
-            return device
+        return self._update(device_id, street=street, position_m=position_m)
 
     # --- provisioning ----------------------------------------------------------------------
 
@@ -286,14 +286,7 @@ class Registry:
         unknown = set(fields) - set(PROVISION_FIELDS)
         if unknown:
             raise TypeError("not provisioning fields: %s" % ", ".join(sorted(unknown)))
-        with self.session() as s:
-            device = s.get(Device, device_id)
-            if device is None:
-                raise RegistryError("no device %s in the registry" % device_id)
-            for name, value in fields.items():
-                setattr(device, name, value)
-            s.commit()
-            return device
+        return self._update(device_id, **fields)
 
     def remove_unused_device(self, device_id: str) -> None:
         """Remove a device whose key never left the registry (never written to a board)."""
@@ -310,17 +303,10 @@ class Registry:
         """New master secret and salt for a device, same key id. The gateway notices on the
         device's first frame under the new key (its tag check fails against the old context,
         or its sequence number is below the old window, and it re-reads the registry)."""
-        with self.session() as s:
-            device = s.get(Device, device_id)
-            if device is None:
-                raise RegistryError("no device %s in the registry" % device_id)
-            device.master_secret = secrets.token_bytes(SECRET_BYTES)
-            device.master_salt = secrets.token_bytes(SALT_BYTES)
-            device.key_rotated_at = datetime.now(timezone.utc)
-            device.key_written_at = None
-            device.provisioned_at = None
-            s.commit()
-            return device
+        return self._update(device_id, master_secret=secrets.token_bytes(SECRET_BYTES),
+                            master_salt=secrets.token_bytes(SALT_BYTES),
+                            key_rotated_at=datetime.now(timezone.utc), key_written_at=None,
+                            provisioned_at=None)
 
     # --- site profiles ---------------------------------------------------------------------
 
