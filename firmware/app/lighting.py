@@ -17,6 +17,7 @@ import machine
 
 from app import faults as F
 from app.link import EPOCH_2000, local_now
+from app.node import Role
 
 _ROLE = "<BBBBII"          # force, schedule level, _, _, schedule start, schedule end (Unix s)
 _AUTO = const(0)
@@ -31,14 +32,11 @@ _REINIT_MS = const(30000)
 _NO_LEVEL = const(255)
 
 
-class Lighting:
+class Lighting(Role):
     def __init__(self, node):
-        self.node = node
-        self.cfg = node.cfg
-        self.configure(node.cfg.settings)
-        raw = node.state.role
+        super().__init__(node)
+        raw = self.rtc_memory()
         if node.state.fresh:
-            raw[:] = bytes(len(raw))
             raw[1] = _NO_LEVEL
         self.force, self.sched_level, _, _, self.sched_start, self.sched_end = \
             struct.unpack_from(_ROLE, raw)

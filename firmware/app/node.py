@@ -308,8 +308,7 @@ class Node:
         self.link.cfg = cfg
         self.link.close()
         if self.role is not None:       # an always-on role lives on: give it the new config
-            self.role.cfg = cfg
-            self.role.configure(cfg.settings)
+            self.role.reconfigure(cfg)
         if self.config_error:
             self.reboot_pending = True    # a repaired configuration: start the app
         return True
@@ -425,7 +424,27 @@ class Node:
         await observe.run(self)
 
 
-class BatteryRole:
+class Role:
+    """What every role shares: its node, its config (reconfigure() hands it a config
+    command's new one while it runs) and its bytes in RTC memory."""
+
+    def __init__(self, node):
+        self.node = node
+        self.reconfigure(node.cfg)
+
+    def reconfigure(self, cfg):
+        self.cfg = cfg
+        self.configure(cfg.settings)
+
+    def rtc_memory(self):
+        """The role's bytes in RTC memory, zeroed on a fresh start (power-on, new layout)."""
+        raw = self.node.state.role
+        if self.node.state.fresh:
+            raw[:] = bytes(len(raw))
+        return raw
+
+
+class BatteryRole(Role):
     """What the battery roles share: the battery read (once per wake), its fault kept in the
     role's RTC flags under the bit ``BATT_FAULT``, and the status frame's record."""
     BATT_FAULT = 0

@@ -32,12 +32,8 @@ class Parking(BatteryRole):
     BATT_FAULT = _FAULT_BATT
 
     def __init__(self, node):
-        self.node = node
-        self.cfg = node.cfg
-        self.configure(node.cfg.settings)
-        raw = node.state.role
-        if node.state.fresh:
-            raw[:] = bytes(len(raw))
+        super().__init__(node)
+        raw = self.rtc_memory()
         bx, by, bz, self.last, self.report_due, self.flags, self.count, _, _ = \
             struct.unpack_from(_ROLE, raw)
         self.baseline = [bx, by, bz]

@@ -58,9 +58,7 @@ class Shaft(BatteryRole):
     BATT_FAULT = _FAULT_BATT
 
     def __init__(self, node):
-        self.node = node
-        self.cfg = node.cfg
-        self.configure(node.cfg.settings)
+        super().__init__(node)
         self._load()
         self.temp_cc = None
         self.batt_mv = None
@@ -79,9 +77,7 @@ class Shaft(BatteryRole):
     # --- RTC memory ------------------------------------------------------------------------
 
     def _load(self):
-        raw = self.node.state.role
-        if self.node.state.fresh:
-            raw[:] = bytes(len(raw))
+        raw = self.rtc_memory()
         (self.level, self.level_at, self.candidate, self.candidate_at, self.flags, self.spikes,
          self.fast_calm, _, self.reported_at) = struct.unpack_from(_ROLE, raw)
         if not self.node.woke:
