@@ -52,6 +52,16 @@ def gateway_config(workdir: Path, *, coap_port: int, http_port: int, broker_port
     return path
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """A Prometheus text page as {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
 class GatewayUnderTest:
     """``gateway run --config FILE`` as a child process that can be killed and restarted."""
 
@@ -102,12 +112,7 @@ class GatewayUnderTest:
             return exc.code, exc.read().decode()
 
     def metrics(self) -> dict[str, float]:
-        out = {}
-        for line in self.get("/metrics")[1].splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+        return parse_metrics(self.get("/metrics")[1])
 
     def health(self) -> tuple[int, dict]:
         status, body = self.get("/health")

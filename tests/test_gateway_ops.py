@@ -8,7 +8,7 @@ import urllib.request
 
 
 from bench.gwtest import Listener, Node, make_config, running
-from bench.harness import GatewayUnderTest, wait_until
+from bench.harness import GatewayUnderTest, parse_metrics, wait_until
 from bench.nodesim import SimNode, reading
 from boards.broker import Broker, free_port
 from fleet.registry import Registry
@@ -38,7 +38,7 @@ async def test_metrics_health_and_stats(tmp_path, broker):
     http_port = free_port()
     cfg = make_config(tmp_path, broker.port, registry.url,
                       http={"port": http_port}, mqtt={"stats_interval_s": 1})
-    listener = await Listener().start(broker.port, "city/gateway/#")
+    listener = await Listener().start(broker.port, "city/#")
     async with running(cfg) as gw:
         node = Node(SimNode.of(shaft), gw.config.coap.port)
         await node.post("u", reading(5))
@@ -47,12 +47,21 @@ async def test_metrics_health_and_stats(tmp_path, broker):
         damaged[-1] ^= 1
         node.send_raw(bytes(damaged))
         await node.receive()
-        await asyncio.sleep(0.3)
+        await listener.wait_for("north/shaft-01/up")
+        await asyncio.sleep(0.3)             # the PUBACK behind it
         status, text = await asyncio.to_thread(_get, http_port, "/metrics")
         assert status == 200
         for name in REQUIRED_METRICS:
             assert name in text, name
-        assert 'gateway_frames_accepted_total{resource="up",role="shaft"} 1' in text
+        # every counter is on the page from the start: the values say what happened
+        values = parse_metrics(text)
+        # a new device's first request (answered with an Echo challenge), its retry, the forgery
+        assert values["gateway_frames_in_total"] == 3
+        assert values['gateway_frames_accepted_total{resource="up",role="shaft"}'] == 1
+        assert values['gateway_frames_rejected_total{reason="bad_tag"}'] == 1
+        assert values['gateway_frames_published_total{resource="up"}'] == 1
+        assert values["gateway_publish_latency_seconds_count"] == 1
+        assert values['gateway_devices_known{role="shaft"}'] == 1
         status, body = await asyncio.to_thread(_get, http_port, "/health")
         assert status == 200 and json.loads(body)["mqtt"] == "connected"
         async with asyncio.timeout(5):
