@@ -6,12 +6,15 @@ import hashlib
 import os
 import socket
 import sys
+import time
 
 from boards.console import INPUT_BUFFER, OUTPUT_BUFFER, ConsoleServer, VmProcess
 
-# A stand-in for the VM: reads N bytes of stdin once told to (a line), prints their SHA-256.
-READER = ("import sys, hashlib\n"
+# A stand-in for the VM: reads N bytes of stdin once told to (a line), half a second later,
+# and prints their SHA-256.
+READER = ("import sys, hashlib, time\n"
           "n = int(sys.stdin.buffer.readline())\n"
+          "time.sleep(0.5)\n"
           "data = b''\n"
           "while len(data) < n:\n"
           "    data += sys.stdin.buffer.read1(n - len(data))\n"
@@ -32,11 +35,13 @@ async def test_input_the_vm_is_not_reading_waits_without_blocking_the_loop(tmp_p
             await asyncio.sleep(0.01)
     ticker = asyncio.create_task(tick())
     vm.write(b"%d\n" % len(data))
+    t0 = time.monotonic()
     vm.write(data)                       # returns at once: the rest waits for the reader
+    took = time.monotonic() - t0
     await asyncio.wait_for(vm.wait(), 20)
     ticker.cancel()
     assert hashlib.sha256(data).hexdigest().encode() in bytes(out)   # every byte arrived
-    assert ticks >= 1
+    assert took < 0.1 and ticks >= 10    # the loop ran while the reader slept 0.5 s
 
 
 async def test_input_beyond_the_buffer_is_dropped_not_spun_on(tmp_path):
