@@ -111,7 +111,12 @@ def run_roles() -> tuple[dict[str, int], dict[str, list[tuple[int, bool]]]]:
             lines = {k: list(v) for k, v in fleet.lines.items()}
         finally:
             bed.stop(broker=False)
-    heap = {k: max(heap_reports(v) or [0]) for k, v in lines.items()}
+    heap = {}
+    for k, v in lines.items():
+        used = heap_reports(v)
+        if not used:
+            raise RuntimeError("%s reported no heap use in %d s: nothing to measure" % (k, RUN_S))
+        heap[k] = max(used)
     awake = {}
     pattern = re.compile(r"awake (\d+) ms \((radio|no radio)\)")
     for k, v in lines.items():
@@ -140,7 +145,8 @@ def run() -> list[Result]:
         radio = [ms for ms, r in awake[device] if r]
         quiet = [ms for ms, r in awake[device] if not r]
         if not radio or not quiet:
-            continue
+            raise RuntimeError("%s: no %s wake in %d s to measure" % (
+                device, "radio" if not radio else "measuring-only", RUN_S))
         r_ms, q_ms = statistics.median(radio), statistics.median(quiet)
         results.append(Result("awake, %s wake with the radio" % role, r_ms, "ms",
                               "%s wake measuring only" % role, q_ms, higher_is_better=False))
