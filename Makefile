@@ -1,12 +1,13 @@
-# Two entry points that work on a fresh clone with nothing but Python 3.11+:
-#   make test   - unit, integration and hardware-in-the-loop tests (virtual boards)
+# Two entry points that work on a fresh clone with Python 3.11+:
+#   make test   - unit, integration and hardware-in-the-loop tests (virtual boards); installs
+#                 the Debian packages the tests use when missing (.ci/system-packages)
 #   make demo   - a virtual testbed: broker, gateway, registry and virtual nodes, live readings
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench venv clean system-packages
 
 venv: $(STAMP)
 
@@ -19,14 +20,17 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-test: $(STAMP)
+system-packages:
+	@bash .ci/system-packages
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@$(BIN)/python -m boards.testbed $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-run
+	rm -rf $(VENV) .pytest_cache
