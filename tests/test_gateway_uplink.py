@@ -96,7 +96,8 @@ async def test_a_full_spool_answers_5_03_and_the_node_keeps_its_reading(tmp_path
         assert answer.code == coap.SERVICE_UNAVAILABLE
         assert coap.decode_uint(answer.option(coap.MAX_AGE)) == 30
         assert gw.metrics.value("frames_rejected_total", reason="spool_full") == 1
-        assert gw.health() == (False, gw.health()[1]) and gw.health()[1]["spool"] == "full"
+        healthy, detail = gw.health()
+        assert not healthy and detail["spool"] == "full"
         node.close()
 
 

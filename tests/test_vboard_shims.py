@@ -417,7 +417,7 @@ tm.deinit()
 n = len(ticks)
 time.sleep_ms(60)
 one = Timer(1, mode=Timer.ONE_SHOT, period=10, callback=lambda t: ticks.append(0))
-emit("timer", n, len(ticks), one.value() >= 0)
+emit("timer", n, len(ticks))
 time.sleep_ms(30)
 emit("one_shot", ticks[-1] == 0, len(ticks) == n + 1)
 
@@ -450,7 +450,7 @@ emit("unmasked", fired)
     assert event[0] == "rise" and event[1] == 1
     latency_s = event[2] / 1e6 - sonar.rise_at        # on the world's clock
     assert 0 <= latency_s < 0.1                       # sampled every 2 ms, sleeping 50 ms
-    n, n_later, _ = r["timer"]
+    n, n_later = r["timer"]
     # every 20 ms for 210 ms (a late period is skipped, as on the chip), then stopped
     assert 6 <= n <= 11 and n_later == n
     assert r["one_shot"] == [True, True]
