@@ -62,10 +62,22 @@ class Command:
 
 _PCT = Arg(int, 0, 100)
 _DAY_S = 86400
-# Keys a `config` command may set at the top of the node's config.json (protocol.md §8.3).
+# Keys a `config` command may set at the top of the node's config.json (protocol.md §8.3):
+# the firmware's optional top-level keys with its ranges (tests/test_vocabulary.py holds them
+# to firmware/app/config.py TOP), interval_s no shorter than 10 s. All of them, so that a node
+# in safe mode for any bad value can be repaired over the air.
 CONFIG_KEYS: dict[str, Arg] = {
     "interval_s": Arg(int, 10, _DAY_S),
     "max_retransmit": Arg(int, 0, 4),
+    "ack_timeout_ms": Arg(int, 200, 10000),
+    "status_s": Arg(int, 10, 7 * _DAY_S),
+    "wdt_s": Arg(int, 5, 3600),
+    "safe_wdt_s": Arg(int, 30, 3600),
+    "safe_after": Arg(int, 1, 20),
+    "safe_awake_s": Arg(int, 10, 3600),
+    "queue_kb": Arg(int, 4, 256),
+    "queue_stage": Arg(int, 0, 1024),
+    "wifi_timeout_s": Arg(int, 1, 120),
 }
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (

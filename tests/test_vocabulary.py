@@ -1,6 +1,8 @@
 """One source of truth each: the vocabulary (the firmware copy and the protocol doc match the
-table) and the pins (the firmware's defaults match the board definition)."""
+table), the pins (the firmware's defaults match the board definition) and the config keys a
+`config` command may set (the gateway passes what the firmware takes)."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -43,14 +45,28 @@ def test_names_are_unique_and_kinds_known():
     assert all(set(q.roles) <= set(vocabulary.ROLES) for q in vocabulary.TABLE)
 
 
+def _firmware_config_table(name: str):
+    """A literal table of firmware/app/config.py (MicroPython: read, not imported)."""
+    tree = ast.parse((FIRMWARE / "app" / "config.py").read_text())
+    return next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name)
+
+
 def test_the_firmware_s_default_pins_are_the_devkitc_s():
     """config.json carries the board's pins (fleet provision writes them); a config.json
     without them falls back to firmware/app/config.py's table, which must be the DevKitC's."""
-    import ast
-
     from boards.definitions import board
 
-    tree = ast.parse((FIRMWARE / "app" / "config.py").read_text())
-    pins = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
-    assert pins == board("esp32-devkitc").pins
+    assert _firmware_config_table("PINS") == board("esp32-devkitc").pins
+
+
+def test_the_gateway_passes_every_top_level_key_the_firmware_takes_within_its_range():
+    """A node in safe mode for a bad value is repaired with a `config` command: the gateway
+    must let every key through that the node's config.py can set, and no value it refuses."""
+    from gateway.commands import CONFIG_KEYS
+
+    top = _firmware_config_table("TOP")        # key -> (mains, battery, low, high)
+    assert set(CONFIG_KEYS) == set(top)
+    for key, arg in CONFIG_KEYS.items():
+        low, high = top[key][2:]
+        assert low <= arg.low <= arg.high == high, key
