@@ -18,6 +18,7 @@ from pathlib import Path
 from boards.broker import Broker, free_port, wait_for_tcp
 from boards.proc import spawn, stop
 from fleet.registry import SALT_BYTES, SECRET_BYTES, Device, Registry
+from gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,16 +51,6 @@ def gateway_config(workdir: Path, *, coap_port: int, http_port: int, broker_port
         '[http]\nbind = "127.0.0.1"\nport = %d\n\n%s'
         % (workdir / "state", coap_port, broker_port, registry_url, http_port, extra))
     return path
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """A Prometheus text page as {'name{labels}': value}."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 class GatewayUnderTest:
@@ -112,7 +103,7 @@ class GatewayUnderTest:
             return exc.code, exc.read().decode()
 
     def metrics(self) -> dict[str, float]:
-        return parse_metrics(self.get("/metrics")[1])
+        return metrics.parse(self.get("/metrics")[1])
 
     def health(self) -> tuple[int, dict]:
         status, body = self.get("/health")

@@ -29,6 +29,7 @@ from boards.hostnode import HostNode, install_firmware
 from boards.proc import spawn, stop
 from fleet.nodeconfig import SiteProfile, node_config
 from fleet.registry import Registry
+from gateway import metrics
 
 PREFIX = "city"
 
@@ -113,13 +114,7 @@ class GatewayProcess:
     def metrics(self) -> dict[str, float]:
         """The gateway's /metrics page as {'name{labels}': value}."""
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.http_port, timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                out[key] = float(value)
-        return out
+            return metrics.parse(r.read().decode())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

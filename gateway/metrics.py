@@ -148,6 +148,17 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def parse(text: str) -> dict[str, float]:
+    """A page in Prometheus' text format (what render() writes) as {'name{labels}': value}:
+    for tests and tools that read /metrics."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""

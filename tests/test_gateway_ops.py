@@ -8,10 +8,11 @@ import urllib.request
 
 
 from bench.gwtest import Listener, Node, make_config, running
-from bench.harness import GatewayUnderTest, parse_metrics, wait_until
+from bench.harness import GatewayUnderTest, wait_until
 from bench.nodesim import SimNode, reading
 from boards.broker import Broker, free_port
 from fleet.registry import Registry
+from gateway import metrics
 from gateway.cli import main as gateway_main
 
 REQUIRED_METRICS = (
@@ -54,7 +55,7 @@ async def test_metrics_health_and_stats(tmp_path, broker):
         for name in REQUIRED_METRICS:
             assert name in text, name
         # every counter is on the page from the start: the values say what happened
-        values = parse_metrics(text)
+        values = metrics.parse(text)
         # a new device's first request (answered with an Echo challenge), its retry, the forgery
         assert values["gateway_frames_in_total"] == 3
         assert values['gateway_frames_accepted_total{resource="up",role="shaft"}'] == 1
