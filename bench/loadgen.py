@@ -168,7 +168,7 @@ class LoadGenerator:
                 p.due = now + ACK_TIMEOUT_S * (2 ** p.tries) * random.uniform(1, 1.5)
                 try:
                     self.socks[k[0]].send(p.datagram)
-                except BlockingIOError:
+                except OSError:     # full buffer, an ICMP error: tried again next sweep
                     pass
 
     # --- answers ----------------------------------------------------------------------------
@@ -304,9 +304,19 @@ class LoadGenerator:
         return self.result
 
     async def _drain(self) -> None:
-        while self._outstanding:
-            self._done.clear()
-            await self._done.wait()
+        # every request ends within its retransmissions (93 s at most): longer is a bug in this
+        # generator, reported rather than waited on for ever
+        deadline = ACK_TIMEOUT_S * (2 ** (MAX_RETRANSMIT + 1) - 1) * 1.5 + 5
+        try:
+            async with asyncio.timeout(deadline):
+                while self._outstanding:
+                    self._done.clear()
+                    await self._done.wait()
+        except TimeoutError:
+            raise RuntimeError("load generator: %d requests still outstanding after %.0f s "
+                               "(%d pending, retransmission sweep %s)" % (
+                                   self._outstanding, deadline, len(self.pending),
+                                   "stopped" if self._sweeper.done() else "running")) from None
 
     def reset(self) -> LoadResult:
         old, self.result = self.result, LoadResult()
