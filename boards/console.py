@@ -2,9 +2,11 @@
 USB-UART cable.
 
 The pty is set up as a serial line to a MicroPython board behaves: no echo and no line editing
-by the kernel (the REPL echoes itself), no CR/LF translation, no flow control, but Ctrl-C still
-raises KeyboardInterrupt in the VM (ISIG, with the quit and suspend characters disabled so a
-stray byte cannot kill or stop it).
+by the kernel (the REPL echoes itself), no CR/LF translation, no flow control, and no signals:
+Ctrl-C is a byte like any other here. The board delivers it (boards/vboard.py), because the
+unix port's SIGINT handler raises KeyboardInterrupt by longjmp from wherever the VM is, even
+the middle of a garbage collection, which leaves the heap locked (the REPL then dies with
+"FATAL: uncaught NLR"). The ESP32 port raises it at the VM's next safe point instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import pty
 import signal
+import struct
 import termios
 from collections import deque
 from typing import Callable
@@ -33,17 +36,13 @@ def _serial_line_attrs(fd: int) -> None:
     attrs[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.IXOFF
                   | termios.ISTRIP | termios.BRKINT | termios.PARMRK | termios.INPCK)
     attrs[1] &= ~termios.OPOST
-    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN)
-    attrs[3] |= termios.ISIG
-    attrs[6][termios.VQUIT] = 0
-    attrs[6][termios.VSUSP] = 0
-    attrs[6][termios.VINTR] = 3
+    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN | termios.ISIG)
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 def _vm_child_setup() -> None:
-    """In the child: own session with the pty as controlling terminal (so Ctrl-C reaches it),
-    and die with the board process."""
+    """In the child: own session with the pty as controlling terminal, and die with the board
+    process."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -59,12 +58,14 @@ class VmProcess:
         self._cwd = cwd
         self._on_output = on_output
         self._master = -1
+        self._slave_name = ""
         self._pending = bytearray()    # stdin bytes the pty could not take yet
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         master, slave = pty.openpty()
         _serial_line_attrs(slave)
+        self._slave_name = os.ttyname(slave)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self._cmd, stdin=slave, stdout=slave, stderr=slave, env=self._env,
@@ -115,6 +116,26 @@ class VmProcess:
         if len(data) > room:
             log.warning("console input overflow: %d bytes lost", len(data) - room)
         self._pending += data[:room]
+
+    def unread_input(self) -> int:
+        """Bytes written for the VM's stdin that it has not read yet."""
+        if self._master < 0:
+            return 0
+        try:
+            fd = os.open(self._slave_name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return len(self._pending)
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, bytes(4)))[0]
+        finally:
+            os.close(fd)
+        return queued + len(self._pending)
+
+    def interrupt(self) -> None:
+        """SIGINT: the VM raises KeyboardInterrupt at once, wherever it is (see the top)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGINT)
 
     def _flush(self) -> None:
         try:

@@ -27,8 +27,10 @@ Ops (VM -> board; "hex" marks bytes as hex strings; errors are ESP32 errnos):
     nvs_set ns key kind value              nvs_get ns key kind -> value
     nvs_erase ns key                       nvs_commit ns
     temp -> raw (esp32.raw_temperature)
+    intr_taken                             (KeyboardInterrupt raised for a console Ctrl-C)
 
-Board -> VM pushes: ["irq", gpio, level] (a Pin IRQ edge), ["halt"].
+Board -> VM pushes: ["irq", gpio, level] (a Pin IRQ edge), ["intr"] (Ctrl-C on the console,
+boards/vboard.py), ["halt"].
 
 Time: device models and the watchdog see ``world.now()`` (simulated seconds); the VM computes
 the same clock itself from the anchor in ``vm_environment()`` (VBOARD_CLOCK), so time costs no
@@ -776,6 +778,9 @@ class BoardHardware:
 
     def _op_reset(self) -> None:
         self._going_down("reset")
+
+    def _op_intr_taken(self) -> None:
+        self.events("intr_taken")
 
     def _op_soft_reset(self) -> None:
         self._going_down("soft_reset")

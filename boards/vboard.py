@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from boards.definitions import Board
 from boards.flash import FlashError, FlashFile
 from boards.hardware import machine_name
 from boards.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
-from boards.vm import SHIMS, board_heap_flag, micropython_executable
+from boards.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
 log = logging.getLogger("vboard")
 
@@ -36,6 +35,7 @@ PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 _EXIT_SOFT_RESET = 3  # _vboot.py's exit status for SystemExit in boot.py/main.py
 _BANNER_RE = re.compile(rb"MicroPython [^\r\n]*\r?\nType \"help\(\)\" for more information\.\r?\n")
 _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+INTR_FALLBACK_S = 2.0  # Ctrl-C not taken at a safe point by then: SIGINT (a loop with no I/O)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class VirtualBoard:
         self._swallow_until_raw = False
         self._pending = b""
         self._expected_exit = False
+        self._intr: asyncio.TimerHandle | None = None   # a Ctrl-C the VM has not taken yet
         self._lock = asyncio.Lock()
         self._stopped = False
         self._background: set[asyncio.Task] = set()    # resets the firmware asked for
@@ -177,6 +178,9 @@ class VirtualBoard:
 
     def hardware_event(self, kind: str, **details) -> None:
         """machine.reset(), deepsleep(), WDT expiry, a power cut: called in the board's loop."""
+        if kind == "intr_taken":
+            self._intr_taken()
+            return
         self._spawn(self._hardware_event(kind, details), "%s-%s" % (self.board_id, kind))
 
     async def _hardware_event(self, kind: str, details: dict) -> None:
@@ -270,9 +274,8 @@ class VirtualBoard:
         return BootInfo("running", why, app.version, date, app_part.name, fs.offset, fs.size)
 
     def _vm_environment(self, mode: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = vm_env([".frozen", SHIMS])
         env.update({
-            "MICROPYPATH": ":".join([".frozen", str(SHIMS)]),
             "VBOARD_FLASH": str(self.flash.path),
             "VBOARD_FS_OFFSET": str(self.info.fs_offset),
             "VBOARD_FS_SIZE": str(self.info.fs_size),
@@ -373,8 +376,37 @@ class VirtualBoard:
                 % (self.info.version, self.info.date, machine_name(self.board)))
 
     def _console_input(self, data: bytes) -> None:
-        if self._vm is not None and self.info.state == "running":
-            self._vm.write(data)
+        vm = self._vm
+        if vm is None or self.info.state != "running":
+            return
+        vm.write(data)
+        if b"\x03" in data:
+            self._ctrl_c(vm)
+
+    def _ctrl_c(self, vm: VmProcess) -> None:
+        """Ctrl-C reaches the VM as the ESP32 port takes it: at a safe point. The byte goes to
+        stdin (the REPL, when it is reading, takes it as a character), and the bus tells the
+        VM; boards/shims/_vbus.py raises KeyboardInterrupt at its next bus call, sleep or poll
+        unless the REPL has read the byte (then no code was running). Code that makes none of
+        those for INTR_FALLBACK_S gets a SIGINT, which raises it wherever the VM is."""
+        if self._intr is not None:
+            self._intr.cancel()
+        self._intr = asyncio.get_running_loop().call_later(
+            INTR_FALLBACK_S if self.hardware is not None else 0, self._intr_fallback, vm)
+        if self.hardware is not None:
+            self.hardware.bus.push("intr")
+
+    def _intr_fallback(self, vm: VmProcess) -> None:
+        self._intr = None
+        if vm is self._vm and vm.unread_input():
+            log.info("%s: Ctrl-C not taken in %.0f s: SIGINT", self.board_id, INTR_FALLBACK_S)
+            vm.interrupt()
+
+    def _intr_taken(self) -> None:
+        """The VM raised KeyboardInterrupt for the last Ctrl-C (boards/hardware.py)."""
+        if self._intr is not None:
+            self._intr.cancel()
+            self._intr = None
 
     # --- ROM download mode (esptool) ---------------------------------------------------------
 

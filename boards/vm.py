@@ -61,8 +61,12 @@ def vm_command(script: str | Path, *args: str, heap_flag: str = HEAP_FLAG) -> li
 
 
 def vm_env(path: list[Path | str]) -> dict[str, str]:
-    """Environment that gives the VM ``path`` as its module search path (MICROPYPATH)."""
+    """Environment that gives the VM ``path`` as its module search path (MICROPYPATH), and no
+    HOME: the unix port's REPL would read and write ~/.micropython.history on this host (a
+    board has no such file), and it reads it outside any exception handler, so a full heap
+    there ends the VM ("FATAL: uncaught NLR")."""
     env = dict(os.environ)
+    env.pop("HOME", None)
     env["MICROPYPATH"] = ":".join(str(p) for p in path)
     return env
 

@@ -138,7 +138,7 @@ def test_crash_loop_enters_safe_mode_and_an_update_over_the_console_repairs_it(b
     n = len(lines)
     done = mpremote(url, "fs", "cp", str(fixed), ":app/lighting.mpy", "+", "fs", "cat",
                     ":crash.txt", "+", "reset")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, (done.stdout, done.stderr, list(lines)[n - 5:])
     assert "KeyError" in done.stdout            # the crash report the node kept
     fleet.wait_line("lamp-01", "the application changed, trying it", 30, since=n)
     fleet.wait_line("lamp-01", "node lamp-01 (lighting", 10, since=n)

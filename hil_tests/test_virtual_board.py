@@ -226,3 +226,67 @@ def test_fifty_boards_start_and_answer_on_their_consoles(tmp_path, micropython_f
         ok = mpremote("socket://127.0.0.1:%d" % ports[-1], "eval", "2 ** 10")
         assert ok.stdout.strip() == "1024"
     print("50 boards up in %.1f s" % boot_s)
+
+
+CHURN = (b"import gc, time\n"
+         b"keep = [[i, i] for i in range(1500)]\n"     # much to mark at each collection
+         b"print('churning')\n"
+         b"while True:\n"
+         b"    gc.collect()\n"
+         b"    time.sleep_ms(0)\n")
+
+
+def test_ctrl_c_stops_the_firmware_at_a_safe_point_and_the_repl_answers(tmp_path, monkeypatch):
+    # This main.py spends most of its time collecting garbage, where mpremote's Ctrl-C lands.
+    # Raised there (by a signal), it would leave the VM's heap locked and the REPL dead.
+    monkeypatch.setenv("HOME", str(tmp_path))    # the REPL's history file is not the host's
+    template = make_flash(BOARD, tmp_path / "churn.bin", files={"main.py": CHURN})
+    with virtual_fleet(tmp_path / "b", flash_template=template) as fleet:
+        dut = VirtualDut(fleet, "board-00")
+        for i in range(1, 6):
+            deadline = time.monotonic() + 20
+            while dut.console_text().count("churning") < i:     # booted again, running
+                assert time.monotonic() < deadline, dut.console_text()[-2000:]
+                time.sleep(0.05)
+            out = mpremote(dut.console_url, "exec", "print('at the REPL', 6 * 7)", "+", "reset")
+            assert out.returncode == 0, out.stdout + dut.console_text()[-1500:]
+            assert "at the REPL 42" in out.stdout
+        assert "FATAL" not in dut.console_text()
+    assert not (tmp_path / ".micropython.history").exists()
+
+
+def _raw_exec_interrupted(port, code, after_s=0.5, timeout=20.0):
+    """Run ``code`` in the raw REPL, send Ctrl-C ``after_s`` later; what it printed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        def until(marker, seen=b""):
+            deadline = time.monotonic() + timeout
+            while marker not in seen:
+                assert time.monotonic() < deadline, seen
+                seen += s.recv(4096)
+            return seen
+        s.sendall(b"\r\x03")
+        until(b">>> ")
+        s.sendall(b"\r\x01")
+        until(b"raw REPL; CTRL-B to exit\r\n>")
+        s.sendall(code + b"\x04")
+        time.sleep(after_s)
+        s.sendall(b"\x03")
+        out = until(b"\x04>")
+        s.sendall(b"\x02")
+        return out
+
+
+def test_ctrl_c_interrupts_code_run_from_the_repl_sleeping_or_computing(mp_dut, caplog):
+    caplog.set_level("INFO", logger="vboard")
+    port = mp_dut.vboard.console_port
+    slept = _raw_exec_interrupted(port, b"import time\nprint('sleeping')\ntime.sleep(60)")
+    assert b"sleeping" in slept and b"KeyboardInterrupt" in slept
+    assert "SIGINT" not in caplog.text           # taken at the sleep, no signal needed
+    # A loop that never sleeps, polls or touches the hardware gets a signal, as a fallback.
+    busy = _raw_exec_interrupted(port, b"n = 0\nwhile True:\n    n += 1")
+    assert b"KeyboardInterrupt" in busy
+    assert "not taken" in caplog.text
+    # The REPL reads a Ctrl-C typed at its prompt (mpremote sends one on every connect): it
+    # must not interrupt the code run next.
+    ok = mpremote(mp_dut.console_url, "exec", "import time\ntime.sleep(1)\nprint('slept')")
+    assert ok.returncode == 0 and "slept" in ok.stdout, (ok.stdout, ok.stderr)

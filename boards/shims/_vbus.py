@@ -6,8 +6,8 @@
 # OSError), ["val", message] (raises ValueError) or ["halt"] (the board is going down: deep
 # sleep, reset, power cut; we stop here until the board process ends us). Bytes travel as
 # lowercase hex strings; each op's signature says which arguments and results are bytes. The
-# board may also send unsolicited lines, [kind, arg, ...] (["irq", gpio, level]); they are
-# queued and dispatched by service().
+# board may also send unsolicited lines, [kind, arg, ...] (["irq", gpio, level], ["intr"] for a
+# console Ctrl-C); they are queued and dispatched by service().
 #
 # Clock: simulated time runs at `speed` simulated seconds per wall second from the anchor in
 # VBOARD_CLOCK ("<monotonic_us> <sim_us> <speed>", taken by the board when it started us).
@@ -237,6 +237,25 @@ _last_check_us = 0
 
 def on_push(kind, handler):
     _push_handlers[kind] = handler
+
+
+_stdin = None
+
+
+def _console_intr():
+    # ["intr"]: Ctrl-C on the console. Raised here, at a service point, as the ESP32 port
+    # raises it at the VM's next safe point (the board sends no SIGINT: see boards/console.py),
+    # unless the Ctrl-C is no longer in stdin: then the REPL read it and no code was running.
+    global _stdin
+    if _stdin is None:
+        _stdin = _select.poll()
+        _stdin.register(0, _select.POLLIN)
+    if _stdin.poll(0):
+        call("intr_taken")
+        raise KeyboardInterrupt
+
+
+on_push("intr", _console_intr)
 
 
 def add_alarm(due_us, callback, arg):

@@ -55,8 +55,8 @@ def sleep(seconds):
 
 
 def sleep_ms(ms):
-    if ms > 0:
-        _wait_us(ms * 1000)
+    # even 0 (or less) runs what is pending, as the port's mp_hal_delay_ms does: a Ctrl-C, IRQs
+    _wait_us(max(0, ms) * 1000)
 
 
 def sleep_us(us):
