@@ -85,8 +85,12 @@ class INA219:
         self._write(_REG_CAL, self._cal)
         self._write(_REG_CONFIG, self._config)
         deadline = time.ticks_add(time.ticks_ms(), 2 * self._conv_ms + 10)
-        while not self._read(_REG_BUS) & _CNVR:
-            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+        while True:
+            # the clock is read before the look: a pause after it must not time out a ready device
+            late = time.ticks_diff(deadline, time.ticks_ms()) <= 0
+            if self._read(_REG_BUS) & _CNVR:
+                return
+            if late:
                 raise SensorError("timeout", "ina219: no conversion")
             time.sleep_ms(1)
 

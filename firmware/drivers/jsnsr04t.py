@@ -118,6 +118,8 @@ class JSNSR04T:
         seen = bad = False
         deadline = time.ticks_add(time.ticks_ms(), _UART_TIMEOUT_MS)
         while True:
+            # the clock is read before the look: a pause after it must not time out a ready device
+            late = time.ticks_diff(deadline, time.ticks_ms()) <= 0
             k = u.any()
             if k:
                 k = u.readinto(s, min(k, len(s))) or 0
@@ -141,7 +143,7 @@ class JSNSR04T:
                                 f[have] = f[m]
                                 have += 1
                             break
-            elif time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            elif late:
                 if bad:
                     raise SensorError("checksum", "jsnsr04t: bad checksum")
                 if seen:

@@ -238,6 +238,8 @@ class LD2410:
         want = word | _ACK_BIT
         deadline = time.ticks_add(time.ticks_ms(), _ACK_MS)
         while True:
+            # the clock is read before the look: a pause after it must not time out a ready device
+            late = time.ticks_diff(deadline, time.ticks_ms()) <= 0
             try:
                 self._pump()
             except SensorError:       # a report torn by the mode switch: skipped, go on
@@ -246,7 +248,7 @@ class LD2410:
                 if _u16(self._ack, 2) != 0:
                     raise SensorError("nak", "ld2410: command 0x%04x refused" % word)
                 return
-            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            if late:
                 raise SensorError("no_ack", "ld2410: no ACK to command 0x%04x" % word)
             time.sleep_ms(5)
 

@@ -86,11 +86,13 @@ class QMC5883L:
             self._running = True
         deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
         while True:
+            # the clock is read before the look: a pause after it must not time out a ready device
+            late = time.ticks_diff(deadline, time.ticks_ms()) <= 0
             if self._drdy is None or self._drdy.value():
                 status = self._reg(_REG_STATUS)
                 if status & _DRDY:
                     break
-            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            if late:
                 raise SensorError("timeout", "qmc5883l: no data ready")
             time.sleep_ms(self._poll_ms)
         self.overflow = bool(status & _OVL)
