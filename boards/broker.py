@@ -7,6 +7,7 @@ so `make demo` runs on a machine with nothing but Python. Tests in CI require mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from boards.proc import spawn, stop
 
@@ -26,6 +28,23 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _hold_port() -> socket.socket:
+    # Bound, never listening: no other program binds the port or gets it as the ephemeral
+    # port of a connection, while a server that sets SO_REUSEADDR (mosquitto, asyncio) binds
+    # it all the same; connecting is refused while no server listens, as for a stopped one.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback TCP port kept for a server that starts later (a broker that comes back)."""
+    with _hold_port() as s:
+        yield s.getsockname()[1]
 
 
 def wait_for_tcp(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -59,7 +78,9 @@ class Broker:
 
     def __init__(self, port: int = 0, *, prefer: str = "mosquitto",
                  log_path: Path | None = None, conf: str | None = None) -> None:
-        self.port = port or free_port()
+        # Its own port stays its own while it is stopped (a test of a broker restart)
+        self._held = None if port else _hold_port()
+        self.port = port or self._held.getsockname()[1]
         self.kind = ""
         self._prefer = prefer if conf is None else "mosquitto"
         self._conf = TEST_CONF if conf is None else conf
@@ -109,6 +130,8 @@ class Broker:
 
     def close(self) -> None:
         self.stop()
+        if self._held is not None:
+            self._held.close()
         self._dir.cleanup()
 
     def __enter__(self) -> "Broker":

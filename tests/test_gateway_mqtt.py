@@ -4,6 +4,7 @@ password, TLS with a certificate the test makes."""
 import asyncio
 import datetime
 import ipaddress
+import socket
 import subprocess
 import time
 
@@ -13,21 +14,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from boards.broker import Broker, free_port
+from boards.broker import Broker, reserved_port
 from gateway import config
 from gateway.mqtt import MqttClient, MqttError, Will
 from gateway.publisher import tls_context
 
 
-def _mosquitto(tmp_path, conf: str, port: int) -> Broker:
-    return Broker(port, conf=conf, log_path=tmp_path / "mosquitto.log").start()
+def _mosquitto(tmp_path, conf: str) -> Broker:
+    return Broker(conf=conf, log_path=tmp_path / "mosquitto.log").start()
 
 
 @pytest.fixture
 def plain_broker(tmp_path):
-    port = free_port()
-    broker = _mosquitto(tmp_path, "allow_anonymous true\n", port)
-    yield port
+    broker = _mosquitto(tmp_path, "allow_anonymous true\n")
+    yield broker.port
     broker.close()
 
 
@@ -68,11 +68,11 @@ async def test_the_will_is_published_when_the_connection_just_ends(plain_broker)
 
 
 async def test_username_and_password(tmp_path):
-    port = free_port()
     pwfile = tmp_path / "passwd"
     pwfile.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "gateway", "s3cret"], check=True)
-    broker = _mosquitto(tmp_path, "allow_anonymous false\npassword_file %s\n" % pwfile, port)
+    broker = _mosquitto(tmp_path, "allow_anonymous false\npassword_file %s\n" % pwfile)
+    port = broker.port
     try:
         with pytest.raises(MqttError, match="not authorized|bad user name"):
             await _client(port, username="gateway", password="wrong")
@@ -110,10 +110,10 @@ def _certificates(tmp_path):
 
 async def test_tls_to_the_broker_with_a_private_ca(tmp_path):
     _certificates(tmp_path)
-    port = free_port()
-    broker = _mosquitto(tmp_path, "allow_anonymous true\ncafile %s\ncertfile %s\nkeyfile %s\n"
-                      % (tmp_path / "ca.pem", tmp_path / "server.pem",
-                         tmp_path / "server.key"), port)
+    tls = "cafile %s\ncertfile %s\nkeyfile %s\n" % (
+        tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key")
+    broker = _mosquitto(tmp_path, "allow_anonymous true\n" + tls)
+    port = broker.port
     try:
         cfg = config.parse({"coap": {"bind": "127.0.0.1", "port": 5683},
                             "mqtt": {"url": "mqtts://127.0.0.1:%d" % port, "prefix": "city",
@@ -138,5 +138,22 @@ async def test_tls_to_the_broker_with_a_private_ca(tmp_path):
 
 
 async def test_a_broker_that_is_not_there(tmp_path):
-    with pytest.raises(MqttError, match="cannot connect"):
-        await MqttClient().connect("127.0.0.1", free_port(), "nobody", timeout=2)
+    with reserved_port() as port, pytest.raises(MqttError, match="cannot connect"):
+        await MqttClient().connect("127.0.0.1", port, "nobody", timeout=2)
+
+
+def test_a_stopped_broker_keeps_its_port(tmp_path):
+    # A test that restarts the broker must find its port free: while the broker is away the
+    # gateway is refused there, and nothing else can take it (a bind, or the ephemeral port
+    # of some connection), yet the broker binds it again.
+    broker = _mosquitto(tmp_path, "allow_anonymous true\n")
+    try:
+        broker.stop()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", broker.port), timeout=2)
+        with socket.socket() as other, pytest.raises(OSError, match="in use"):
+            other.bind(("127.0.0.1", broker.port))
+        broker.start()
+        socket.create_connection(("127.0.0.1", broker.port), timeout=2).close()
+    finally:
+        broker.close()

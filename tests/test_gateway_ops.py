@@ -10,7 +10,7 @@ import urllib.request
 from bench.gwtest import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
 from bench.nodesim import SimNode, reading
-from boards.broker import Broker, free_port
+from boards.broker import Broker, free_port, reserved_port
 from fleet.registry import Registry
 from gateway import metrics
 from gateway.cli import main as gateway_main
@@ -82,12 +82,13 @@ async def test_metrics_health_and_stats(tmp_path, broker):
 async def test_health_is_503_without_the_broker(tmp_path):
     registry = Registry("sqlite:///%s" % (tmp_path / "fleet.db"))
     http_port = free_port()
-    cfg = make_config(tmp_path, free_port(), registry.url, http={"port": http_port})
-    async with running(cfg, connected=False):
-        status, body = await asyncio.to_thread(_get, http_port, "/health")
-        assert status == 503
-        detail = json.loads(body)
-        assert detail["mqtt"] == "disconnected" and "mqtt_error" in detail
+    with reserved_port() as no_broker:
+        cfg = make_config(tmp_path, no_broker, registry.url, http={"port": http_port})
+        async with running(cfg, connected=False):
+            status, body = await asyncio.to_thread(_get, http_port, "/health")
+            assert status == 503
+            detail = json.loads(body)
+            assert detail["mqtt"] == "disconnected" and "mqtt_error" in detail
 
 
 def test_logs_are_structured_and_never_contain_keys(tmp_path):
@@ -95,12 +96,12 @@ def test_logs_are_structured_and_never_contain_keys(tmp_path):
     MQTT password: no master secret, salt or password appears in it."""
     registry = Registry("sqlite:///%s" % (tmp_path / "fleet.db"))
     devices = [registry.add_device("shaft-%02d" % i, "shaft", "north") for i in range(3)]
-    port = free_port()
     pwfile = tmp_path / "passwd"
     pwfile.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "gateway", "hunter2-pw"], check=True)
-    broker = Broker(port, conf="allow_anonymous false\npassword_file %s\n" % pwfile,
+    broker = Broker(conf="allow_anonymous false\npassword_file %s\n" % pwfile,
                     log_path=tmp_path / "mosquitto.log").start()
+    port = broker.port
     gw = GatewayUnderTest(tmp_path / "gw", registry.url, port,
                           extra='[log]\nlevel = "debug"\nformat = "json"\n')
     gw.config.write_text(gw.config.read_text().replace(

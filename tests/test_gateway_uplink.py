@@ -8,7 +8,7 @@ import cbor2
 
 from bench.gwtest import Listener, Node, make_config, running
 from bench.nodesim import SimNode, reading
-from boards.broker import Broker, free_port
+from boards.broker import Broker, reserved_port
 from gateway import coap, oscore
 
 
@@ -62,67 +62,69 @@ async def test_a_retransmission_is_answered_again_but_stored_once(tmp_path, brok
 async def test_readings_wait_in_the_spool_while_the_broker_is_away(tmp_path, registry,
                                                                    listener):
     device = registry.add_device("shaft-03", "shaft", "north")
-    port = free_port()
-    cfg = make_config(tmp_path, port, registry.url)
-    async with running(cfg, connected=False) as gw:
-        node = Node(SimNode.of(device), gw.config.coap.port)
-        for level in range(5):
-            assert (await node.post("u", reading(level))).code == coap.CHANGED
-        assert gw.store.rows >= 5
-        healthy, detail = gw.health()
-        assert not healthy and detail["mqtt"] == "disconnected"
-        with Broker(port=port, log_path=tmp_path / "late-broker.log") as late:
-            sub = await Listener().start(late.port, "city/+/+/up")
-            async with asyncio.timeout(40):      # the gateway's backoff finds it
-                while len(sub.messages) < 5:
-                    await asyncio.sleep(0.1)
-            assert [json.loads(p)[0]["v"] for _, p in sub.messages] == [0, 1, 2, 3, 4]
-            async with asyncio.timeout(5):
-                while gw.store.rows:
-                    await asyncio.sleep(0.05)
-            assert gw.health()[0]
-            await sub.close()
-        node.close()
+    with reserved_port() as port:      # nothing listens on it until the broker comes
+        cfg = make_config(tmp_path, port, registry.url)
+        async with running(cfg, connected=False) as gw:
+            node = Node(SimNode.of(device), gw.config.coap.port)
+            for level in range(5):
+                assert (await node.post("u", reading(level))).code == coap.CHANGED
+            assert gw.store.rows >= 5
+            healthy, detail = gw.health()
+            assert not healthy and detail["mqtt"] == "disconnected"
+            with Broker(port=port, log_path=tmp_path / "late-broker.log") as late:
+                sub = await Listener().start(late.port, "city/+/+/up")
+                async with asyncio.timeout(40):      # the gateway's backoff finds it
+                    while len(sub.messages) < 5:
+                        await asyncio.sleep(0.1)
+                assert [json.loads(p)[0]["v"] for _, p in sub.messages] == [0, 1, 2, 3, 4]
+                async with asyncio.timeout(5):
+                    while gw.store.rows:
+                        await asyncio.sleep(0.05)
+                assert gw.health()[0]
+                await sub.close()
+            node.close()
 
 
 async def test_a_full_spool_answers_5_03_and_the_node_keeps_its_reading(tmp_path, registry):
     device = registry.add_device("shaft-04", "shaft", "north")
-    cfg = make_config(tmp_path, free_port(), registry.url, spool={"max_rows": 100})
-    async with running(cfg, connected=False) as gw:
-        node = Node(SimNode.of(device), gw.config.coap.port)
-        codes = [(await node.post("u", reading(i))).code for i in range(99)]
-        assert set(codes) == {coap.CHANGED}      # 99 readings + 1 device state: full
-        answer = await node.post("u", reading(99))
-        assert answer.code == coap.SERVICE_UNAVAILABLE
-        assert coap.decode_uint(answer.option(coap.MAX_AGE)) == 30
-        assert gw.metrics.value("frames_rejected_total", reason="spool_full") == 1
-        healthy, detail = gw.health()
-        assert not healthy and detail["spool"] == "full"
-        node.close()
+    with reserved_port() as port:      # no broker: the spool fills
+        cfg = make_config(tmp_path, port, registry.url, spool={"max_rows": 100})
+        async with running(cfg, connected=False) as gw:
+            node = Node(SimNode.of(device), gw.config.coap.port)
+            codes = [(await node.post("u", reading(i))).code for i in range(99)]
+            assert set(codes) == {coap.CHANGED}      # 99 readings + 1 device state: full
+            answer = await node.post("u", reading(99))
+            assert answer.code == coap.SERVICE_UNAVAILABLE
+            assert coap.decode_uint(answer.option(coap.MAX_AGE)) == 30
+            assert gw.metrics.value("frames_rejected_total", reason="spool_full") == 1
+            healthy, detail = gw.health()
+            assert not healthy and detail["spool"] == "full"
+            node.close()
 
 
 async def test_a_reading_refused_for_a_full_spool_and_resent_twice_is_stored_once(
         tmp_path, registry):
     device = registry.add_device("shaft-09", "shaft", "north")
-    port = free_port()
-    cfg = make_config(tmp_path, port, registry.url, spool={"max_rows": 100})
-    async with running(cfg, connected=False) as gw:
-        node = Node(SimNode.of(device), gw.config.coap.port)
-        for i in range(99):
-            await node.post("u", reading(i))
-        datagram, piv = node.sim.request("u", reading(99), mid=node.next_mid())
-        assert (await node.exchange(datagram, piv)).code == coap.SERVICE_UNAVAILABLE
-        with Broker(port, log_path=tmp_path / "broker.log"):    # the spool drains: room again
-            async with asyncio.timeout(10):
-                while gw.store.rows:
-                    await asyncio.sleep(0.05)
-            # The node resends the refused request; its answer is lost, it resends again.
-            assert (await node.exchange(datagram, piv)).code == coap.CHANGED
-            assert (await node.exchange(datagram, piv)).code == coap.CHANGED
-            await asyncio.sleep(0.3)
-            assert gw.metrics.value("duplicates_total") == 1
-            assert gw.metrics.value("frames_accepted_total", resource="up", role="shaft") == 100
-        node.close()
+    with reserved_port() as port:
+        cfg = make_config(tmp_path, port, registry.url, spool={"max_rows": 100})
+        async with running(cfg, connected=False) as gw:
+            node = Node(SimNode.of(device), gw.config.coap.port)
+            for i in range(99):
+                await node.post("u", reading(i))
+            datagram, piv = node.sim.request("u", reading(99), mid=node.next_mid())
+            assert (await node.exchange(datagram, piv)).code == coap.SERVICE_UNAVAILABLE
+            with Broker(port, log_path=tmp_path / "broker.log"):   # the spool drains: room
+                async with asyncio.timeout(10):
+                    while gw.store.rows:
+                        await asyncio.sleep(0.05)
+                # The node resends the refused request; its answer is lost, it resends again.
+                assert (await node.exchange(datagram, piv)).code == coap.CHANGED
+                assert (await node.exchange(datagram, piv)).code == coap.CHANGED
+                await asyncio.sleep(0.3)
+                assert gw.metrics.value("duplicates_total") == 1
+                assert gw.metrics.value("frames_accepted_total", resource="up",
+                                        role="shaft") == 100
+            node.close()
 
 
 async def test_what_is_not_a_valid_frame_is_refused_with_a_reason(tmp_path, broker, registry):
