@@ -7,11 +7,13 @@ file, and without it every test runs on virtual boards::
     # benches/rack-1.toml
     [[board]]
     board = "esp32-devkitc"
-    console = "/dev/ttyUSB0"           # or rfc2217://rack-1:4000
+    console = "/dev/ttyUSB0"           # or rfc2217://rack-1:4000; it must run MicroPython
     rom = "/dev/ttyUSB0"               # the same port: esptool resets it into the ROM
 
 A capability a bench does not have makes the test skip with the reason (a rack without a
-power relay cannot cut power at the Nth flash write).
+power relay cannot cut power at the Nth flash write). The tests that take ``dut`` (any board)
+or ``mp_dut`` (a board running MicroPython) run on a bench; the others need many boards or a
+world model and are virtual only.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def show(capsys, text: str) -> None:
             print(text)
 
 
+CAPABILITIES = {
+    "console": "reach the board's console",
+    "rom": "reach the ROM bootloader",
+    "tcp-console": "offer the console as a TCP port",
+    "power": "cut the power",
+    "world": "stimulate the sensors",
+    "flash-file": "read and write the flash as a file",
+    "vm": "look inside the VM that runs the firmware",
+}
+
+
 class Dut:
     """A device under test."""
 
@@ -58,13 +71,22 @@ class Dut:
     capabilities: frozenset[str] = frozenset()
 
     def require(self, *caps: str) -> None:
-        missing = [c for c in caps if c not in self.capabilities]
+        missing = [CAPABILITIES[c] for c in caps if c not in self.capabilities]
         if missing:
             pytest.skip("this bench cannot %s" % ", ".join(missing))
 
+    def esptool(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Unmodified esptool on the ROM port; a real board is reset into the ROM through
+        DTR/RTS first and back into its firmware afterwards."""
+        reset = ("no-reset", "no-reset") if self.rom_url.startswith("socket://") else (
+            "default-reset", "hard-reset")
+        return subprocess.run([str(BIN / "esptool"), "--chip", self.board.chip, "--port",
+                               self.rom_url, "--before", reset[0], "--after", reset[1], *args],
+                              capture_output=True, text=True, timeout=timeout)
+
 
 class VirtualDut(Dut):
-    capabilities = frozenset({"console", "rom", "power", "world", "flash-file"})
+    capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, fleet: FleetThread, board_id: str) -> None:
         self._fleet = fleet
@@ -105,7 +127,11 @@ class RealDut(Dut):
     board: Board
     console_url: str
     rom_url: str
-    capabilities: frozenset[str] = frozenset({"console", "rom"})
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        tcp = {"tcp-console"} if self.console_url.startswith("socket://127.0.0.1:") else set()
+        return frozenset({"console", "rom"} | tcp)
 
 
 def load_bench(path: Path) -> list[RealDut]:

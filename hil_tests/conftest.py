@@ -1,9 +1,9 @@
 """Fixtures for the hardware-in-the-loop suite: a broker for the session, a testbed per test.
 
 The boards here are virtual (the firmware on the MicroPython VM). With ``--bench FILE`` the
-tests that take the ``dut`` fixture run on the first real board the file lists; the others need
-what only a virtual board has (a world model, fault injection, many boards) and are skipped
-then, so that a bench run never reports a virtual pass as a hardware one.
+tests that take the ``dut`` or ``mp_dut`` fixture run on the first real board the file lists;
+the others need what only a virtual board has (a world model, fault injection, many boards)
+and are skipped then, so that a bench run never reports a virtual pass as a hardware one.
 """
 
 from pathlib import Path
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from boards.broker import Broker
+from boards.definitions import board as board_def
+from boards.fleetrun import app_dir_files, make_flash
 from boards.testbed import PREFIX, MqttWatch, Testbed
+from boards.vm import FIRMWARE
 from hil_tests import bench as duts
-from hil_tests.bench import VirtualDut, load_bench, virtual_fleet
+from hil_tests.bench import VirtualDut, load_bench, mpremote, virtual_fleet
 
 
 def pytest_addoption(parser):
@@ -32,22 +35,57 @@ def pytest_collection_modifyitems(config, items):
         return
     virtual_only = pytest.mark.skip(reason="needs virtual boards: not run against --bench")
     for item in items:
-        if "dut" not in getattr(item, "fixturenames", ()):
+        if not {"dut", "mp_dut"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(virtual_only)
+
+
+def _bench_board(request):
+    bench = request.config.getoption("--bench")
+    if not bench:
+        return None
+    boards = load_bench(Path(bench))
+    if not boards:
+        pytest.skip("bench %s lists no boards" % bench)
+    return boards[0]
 
 
 @pytest.fixture
 def dut(request, tmp_path):
     """One device under test: a fresh virtual board (blank flash), or the bench's first board."""
-    bench = request.config.getoption("--bench")
-    if bench:
-        boards = load_bench(Path(bench))
-        if not boards:
-            pytest.skip("bench %s lists no boards" % bench)
-        yield boards[0]
+    real = _bench_board(request)
+    if real is not None:
+        yield real
         return
     with virtual_fleet(tmp_path) as fleet:
         yield VirtualDut(fleet, "board-00")
+
+
+@pytest.fixture
+def micropython_flash(tmp_path):
+    """A flash file as after flashing MicroPython and copying the drivers onto it."""
+    files = {"drivers/" + k: v for k, v in app_dir_files(FIRMWARE / "drivers").items()}
+    return make_flash(board_def("esp32-devkitc"), tmp_path / "template.bin", version="v1.24.1",
+                      files=files)
+
+
+@pytest.fixture
+def mp_dut(request, tmp_path):
+    """A board running MicroPython at its REPL: a fresh virtual one, or the bench's first
+    board (flashed beforehand, e.g. with `fleet provision`)."""
+    real = _bench_board(request)
+    if real is not None:
+        answer = mpremote(real.console_url, "eval", "1 + 1", timeout=30)
+        if answer.stdout.strip() != "2":
+            pytest.fail("the bench board on %s does not answer at a MicroPython REPL (%s): "
+                        "flash MicroPython first" % (real.console_url,
+                                                     (answer.stderr or answer.stdout)[-200:]))
+        yield real
+        return
+    template = request.getfixturevalue("micropython_flash")
+    with virtual_fleet(tmp_path / "boards", flash_template=template) as fleet:
+        dut = VirtualDut(fleet, "board-00")
+        dut.wait_console(">>> ")
+        yield dut
 
 
 @pytest.fixture(scope="session")

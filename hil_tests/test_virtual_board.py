@@ -1,41 +1,18 @@
 """The board as tools and firmware see it: unmodified esptool and mpremote, the boot path, the
 heap, power cuts, deep sleep, sensors at the bus, and many boards at once."""
 
+import re
 import socket
 import subprocess
 import time
 
-import pytest
-
 from boards.definitions import board as board_def
-from boards.fleetrun import app_dir_files, make_flash
+from boards.fleetrun import make_flash
 from boards.flash import build_app_image, merged_image, parse_partition_table
 from boards.fsimage import build_littlefs
-from boards.vm import FIRMWARE
 from hil_tests.bench import BIN, VirtualDut, mpremote, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
-
-
-def esptool(port_url, *args, timeout=120):
-    return subprocess.run([str(BIN / "esptool"), "--chip", "esp32", "--port", port_url,
-                           "--before", "no-reset", "--after", "no-reset", *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def micropython_flash(tmp_path):
-    """A flash file as after flashing MicroPython and copying the drivers onto it."""
-    files = {"drivers/" + k: v for k, v in app_dir_files(FIRMWARE / "drivers").items()}
-    return make_flash(BOARD, tmp_path / "template.bin", version="v1.24.1", files=files)
-
-
-@pytest.fixture
-def mp_dut(tmp_path, micropython_flash):
-    with virtual_fleet(tmp_path / "boards", flash_template=micropython_flash) as fleet:
-        dut = VirtualDut(fleet, "board-00")
-        dut.wait_console(">>> ")
-        yield dut
 
 
 def test_blank_chip_prints_the_rom_messages_and_nothing_else(dut):
@@ -52,16 +29,16 @@ def test_esptool_writes_firmware_and_a_host_built_filesystem_and_main_py_boots(d
     firmware.write_bytes(merged_image(BOARD, build_app_image("micropython", "v1.23.0")))
     # Where the filesystem goes comes from the partition table in the firmware just written,
     # read back from the chip, never from a constant.
-    assert esptool(dut.rom_url, "write-flash", "0x1000", str(firmware)).returncode == 0
+    assert dut.esptool("write-flash", "0x1000", str(firmware)).returncode == 0
     table = tmp_path / "table.bin"
-    assert esptool(dut.rom_url, "read-flash", "0x8000", "0xc00", str(table)).returncode == 0
+    assert dut.esptool("read-flash", "0x8000", "0xc00", str(table)).returncode == 0
     vfs = next(p for p in parse_partition_table(table.read_bytes()) if p.name == "vfs")
     image = tmp_path / "fs.bin"
     image.write_bytes(build_littlefs({"main.py": b"print('main.py from the host image')\n",
                                      "lib/util.py": b"X = 1\n"}, vfs.size))
-    written = esptool(dut.rom_url, "write-flash", hex(vfs.offset), str(image))
+    written = dut.esptool("write-flash", hex(vfs.offset), str(image))
     assert written.returncode == 0, written.stdout + written.stderr
-    verified = esptool(dut.rom_url, "verify-flash", hex(vfs.offset), str(image))
+    verified = dut.esptool("verify-flash", hex(vfs.offset), str(image))
     assert verified.returncode == 0 and "digest matched" in verified.stdout
     if isinstance(dut, VirtualDut):
         out = dut.wait_console("main.py from the host image")
@@ -88,17 +65,30 @@ def test_mpremote_copies_a_file_runs_it_and_manages_the_filesystem(mp_dut, tmp_p
     removed = mpremote(url, "fs", "rm", ":hello.py", "+", "fs", "rmdir", ":data", "+", "fs", "ls")
     assert removed.returncode == 0 and "hello.py" not in removed.stdout.split("ls :")[-1]
     assert mpremote(url, "soft-reset").returncode == 0
-    booted = mp_dut.vboard.boots
+    booted = mp_dut.vboard.boots if "vm" in mp_dut.capabilities else None
     assert mpremote(url, "reset").returncode == 0
-    deadline = time.monotonic() + 10
-    while mp_dut.vboard.boots == booted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert mp_dut.vboard.boots == booted + 1  # machine.reset() rebooted the chip
+    deadline = time.monotonic() + 15
+    while mpremote(url, "eval", "1 + 2").stdout.strip() != "3":   # it comes back
+        assert time.monotonic() < deadline, "no REPL after the reset"
+        time.sleep(0.5)
+    if booted is not None:
+        assert mp_dut.vboard.boots == booted + 1  # machine.reset() rebooted the chip
+
+
+def test_esptool_identifies_the_chip_and_its_flash_as_the_board_definition_says(dut):
+    mac = dut.esptool("read-mac")       # --chip from the definition: esptool checks it
+    assert mac.returncode == 0, mac.stdout + mac.stderr
+    assert re.search(r"MAC:\s+([0-9a-f]{2}:){5}[0-9a-f]{2}", mac.stdout), mac.stdout
+    flash = dut.esptool("flash-id")
+    assert flash.returncode == 0, flash.stdout + flash.stderr
+    assert "Detected flash size: %dMB" % (dut.board.flash_size >> 20) in flash.stdout
 
 
 def test_a_person_gets_the_repl_through_a_pty_bridge(mp_dut, tmp_path):
+    mp_dut.require("tcp-console")
+    port = mp_dut.console_url.rsplit(":", 1)[1]
     link = tmp_path / "tty0"
-    bridge = subprocess.Popen([str(BIN / "vboard"), "pty", str(mp_dut.vboard.console_port),
+    bridge = subprocess.Popen([str(BIN / "vboard"), "pty", port,
                                "--link", str(link)], stdout=subprocess.PIPE, text=True)
     try:
         assert "is on /dev/pts/" in bridge.stdout.readline()
@@ -111,6 +101,7 @@ def test_a_person_gets_the_repl_through_a_pty_bridge(mp_dut, tmp_path):
 
 
 def test_allocating_past_the_heap_budget_raises_memory_error(mp_dut):
+    mp_dut.require("vm")       # the budget is the VM's (a real ESP32 has its own)
     probe = mpremote(mp_dut.console_url, "exec",
                      "import gc; gc.collect(); print('free', gc.mem_free())")
     free = int(probe.stdout.split("free")[-1])
@@ -141,6 +132,7 @@ REPLACE = "with open('cfg.txt', 'w') as f:\n f.write('new ' * 500)\n"
 
 
 def test_power_cut_during_a_file_replace_leaves_old_or_new_never_broken(mp_dut):
+    mp_dut.require("power", "vm")      # a cut at the Nth flash write
     url = mp_dut.console_url
     old = "old " * 500
     put = ("with open('cfg.txt', 'w') as f:\n f.write(%r)\n"
@@ -277,6 +269,7 @@ def _raw_exec_interrupted(port, code, after_s=0.5, timeout=20.0):
 
 
 def test_ctrl_c_interrupts_code_run_from_the_repl_sleeping_or_computing(mp_dut, caplog):
+    mp_dut.require("vm")       # how the VM takes it
     caplog.set_level("INFO", logger="vboard")
     port = mp_dut.vboard.console_port
     slept = _raw_exec_interrupted(port, b"import time\nprint('sleeping')\ntime.sleep(60)")

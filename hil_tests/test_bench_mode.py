@@ -1,0 +1,55 @@
+"""`--bench FILE` runs the suite's board tests on a board known only by its ports, as on a rack
+of real boards. A virtual board stands in here, reached through its console and ROM URLs alone:
+the tests that need more than a rack offers skip with the reason, the others pass."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from hil_tests.bench import VirtualDut, virtual_fleet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _outcomes(report: Path) -> dict[str, str]:
+    out = {}
+    for case in ET.parse(report).iter("testcase"):
+        skipped = case.find("skipped")
+        if skipped is not None:
+            out[case.get("name")] = "skipped: " + skipped.get("message", "")
+        elif case.find("failure") is not None or case.find("error") is not None:
+            out[case.get("name")] = "failed"
+        else:
+            out[case.get("name")] = "passed"
+    return out
+
+
+def test_the_board_tests_run_on_a_bench_board_known_only_by_its_ports(tmp_path,
+                                                                      micropython_flash):
+    with virtual_fleet(tmp_path / "rack", flash_template=micropython_flash) as fleet:
+        VirtualDut(fleet, "board-00").wait_console(">>> ")
+        board = fleet.board("board-00")
+        bench = tmp_path / "rack.toml"
+        bench.write_text('[[board]]\nboard = "esp32-devkitc"\n'
+                         'console = "socket://127.0.0.1:%d"\nrom = "socket://127.0.0.1:%d"\n'
+                         % (board.console_port, board.rom_port))
+        report = tmp_path / "report.xml"
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "hil_tests/test_virtual_board.py", "--bench", str(bench),
+                              "--junitxml", str(report)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    outcomes = _outcomes(report)
+    passed = sorted(name for name, what in outcomes.items() if what == "passed")
+    assert passed == [
+        "test_a_person_gets_the_repl_through_a_pty_bridge",
+        "test_esptool_identifies_the_chip_and_its_flash_as_the_board_definition_says",
+        "test_mpremote_copies_a_file_runs_it_and_manages_the_filesystem",
+    ], outcomes
+    assert outcomes["test_allocating_past_the_heap_budget_raises_memory_error"] == \
+        "skipped: this bench cannot look inside the VM that runs the firmware"
+    assert outcomes["test_blank_chip_prints_the_rom_messages_and_nothing_else"] == \
+        "skipped: this bench cannot read and write the flash as a file"
+    assert outcomes["test_fifty_boards_start_and_answer_on_their_consoles"] == \
+        "skipped: needs virtual boards: not run against --bench"
