@@ -508,3 +508,28 @@ emit([node.role.cfg.interval_s, node.role.s["night_pct"]])
 """, tmp_path, heap_flag="heapsize=512K")   # compiled from source here, not frozen
     assert results == [True, [30, 25]]
     assert json.loads((tmp_path / "config.json").read_text())["interval_s"] == 30
+
+
+def test_uptime_across_deep_sleeps_keeps_the_parts_of_a_second(tmp_path):
+    """Each wake lasts a fraction of a second more than whole seconds; uptime (and the
+    schedules that run on it) counted only the whole seconds, losing up to 1 s per wake."""
+    (tmp_path / "config.json").write_text(json.dumps(config()))
+    results = run_fw("""
+import machine, time
+from app import config, state as st
+from app.node import Node
+machine.deepsleep = lambda ms: None     # the test plays the wakes in this VM
+cfg = config.load()
+awake = 0
+for wake in range(10):
+    node = Node(cfg, st.State())
+    node._up_last = start = time.ticks_ms()     # a wake starts the tick count
+    time.sleep_ms(150)
+    awake += time.ticks_diff(time.ticks_ms(), start)
+    node.deep_sleep(60000)
+s = st.State()
+emit([s.uptime * 1000 + s.uptime_ms, awake])
+""", tmp_path)
+    counted, awake = results[0]
+    assert awake >= 1500
+    assert abs(counted - (10 * 60000 + awake)) <= 50, (counted, awake)

@@ -208,7 +208,7 @@ class Node:
         now = time.ticks_ms()
         self._up_ms += time.ticks_diff(now, self._up_last)
         self._up_last = now
-        return self.state.uptime + self._up_ms // 1000
+        return self.state.uptime + (self.state.uptime_ms + self._up_ms) // 1000
 
     uptime_s = now_s
 
@@ -350,7 +350,10 @@ class Node:
 
     def deep_sleep(self, sleep_ms):
         state = self.state
-        state.uptime = self.now_s() + sleep_ms // 1000
+        self.now_s()                  # counts the time awake up to now into _up_ms
+        ms = state.uptime_ms + self._up_ms + sleep_ms
+        state.uptime += ms // 1000    # and keeps the part of a second: no drift over wakes
+        state.uptime_ms = ms % 1000
         state.wakes += 1
         self.link.down()
         self.clean_exit()

@@ -86,7 +86,7 @@ def boot_state():
         state.boots = count_boot()
         if state.fresh:
             state.session = state.boots & 0xFF
-        state.uptime = 0
+        state.uptime = state.uptime_ms = 0
         state.status_due = 0
         state.wakes = 0
     state.flags |= st.RUNNING

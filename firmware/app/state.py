@@ -11,7 +11,7 @@ import struct
 import machine
 
 _MAGIC = const(0x5A17)
-_LAYOUT = const(2)
+_LAYOUT = const(3)
 RTC_MAX = const(2048)
 ROLE_BYTES = const(64)
 HANDLED = const(8)       # ids of the last commands carried out (re-delivery is not re-run)
@@ -25,9 +25,9 @@ SYNCED = const(4)        # the clock was set from the gateway since power-on
 OBSERVING = const(8)
 
 # magic, layout, flags, crashes, session, wakes, shift, fingerprint, status_due, report_due,
-# boots, uptime, q_seg, q_off, dropped, stage_len, handled_pos, n_acks, faults_sent, then
-# HANDLED ids, ACKS ids, ACKS oks
-_HEAD = "<HBBBBIiIIIIIIHHHBBI%dI%dI%dB" % (HANDLED, ACKS, ACKS)
+# boots, uptime, q_seg, q_off, dropped, stage_len, handled_pos, n_acks, faults_sent,
+# uptime_ms, then HANDLED ids, ACKS ids, ACKS oks
+_HEAD = "<HBBBBIiIIIIIIHHHBBIH%dI%dI%dB" % (HANDLED, ACKS, ACKS)
 REJECTED = 0x80000000     # in `handled`: the command was refused (not const: > 30 bits)
 _HEAD_SIZE = struct.calcsize(_HEAD)
 
@@ -46,6 +46,7 @@ class State:
         self.report_due = 0
         self.boots = 0           # boots other than deep-sleep wakes (also in the file "boots")
         self.uptime = 0          # seconds up (awake and asleep) before this wake
+        self.uptime_ms = 0       # and the milliseconds beyond them (a wake is not whole seconds)
         self.faults_sent = 0     # the faults bits the last status frame carried
         self.q_seg = 0           # flash queue read cursor: segment number and byte offset
         self.q_off = 0
@@ -72,9 +73,10 @@ class State:
         self.handled_pos = f[16]
         n_acks = f[17]
         self.faults_sent = f[18]
-        self.handled = list(f[19:19 + HANDLED])
-        ids = f[19 + HANDLED:19 + HANDLED + ACKS]
-        oks = f[19 + HANDLED + ACKS:]
+        self.uptime_ms = f[19]
+        self.handled = list(f[20:20 + HANDLED])
+        ids = f[20 + HANDLED:20 + HANDLED + ACKS]
+        oks = f[20 + HANDLED + ACKS:]
         self.acks = [(ids[i], bool(oks[i])) for i in range(min(n_acks, ACKS))]
         self.role[:] = raw[_HEAD_SIZE:_HEAD_SIZE + ROLE_BYTES]
         start = _HEAD_SIZE + ROLE_BYTES
@@ -91,7 +93,8 @@ class State:
                            self.wakes, self.shift, self.fingerprint, self.status_due,
                            self.report_due, self.boots, self.uptime, self.q_seg, self.q_off,
                            min(self.dropped, 0xFFFF), len(self.stage), self.handled_pos,
-                           len(self.acks[:ACKS]), self.faults_sent, *(self.handled + ids + oks))
+                           len(self.acks[:ACKS]), self.faults_sent, self.uptime_ms,
+                           *(self.handled + ids + oks))
         self.rtc.memory(head + bytes(self.role) + bytes(self.stage))
 
     # --- commands already carried out, and their acknowledgements ------------------------
