@@ -391,15 +391,15 @@ class VirtualBoard:
         those for INTR_FALLBACK_S gets a SIGINT, which raises it wherever the VM is."""
         if self._intr is not None:
             self._intr.cancel()
-        self._intr = asyncio.get_running_loop().call_later(
-            INTR_FALLBACK_S if self.hardware is not None else 0, self._intr_fallback, vm)
+        wait = INTR_FALLBACK_S if self.hardware is not None else 0   # no bus: signal only
+        self._intr = asyncio.get_running_loop().call_later(wait, self._intr_fallback, vm, wait)
         if self.hardware is not None:
             self.hardware.bus.push("intr")
 
-    def _intr_fallback(self, vm: VmProcess) -> None:
+    def _intr_fallback(self, vm: VmProcess, waited: float) -> None:
         self._intr = None
         if vm is self._vm and vm.unread_input():
-            log.info("%s: Ctrl-C not taken in %.0f s: SIGINT", self.board_id, INTR_FALLBACK_S)
+            log.info("%s: Ctrl-C not taken in %.0f s: SIGINT", self.board_id, waited)
             vm.interrupt()
 
     def _intr_taken(self) -> None:
