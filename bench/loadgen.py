@@ -139,8 +139,23 @@ class LoadGenerator:
         result.sent_at[key(node.device_id, level)] = time.time()
         self._transmit(i, sock, token, datagram, piv, level)
 
+    def _free_token(self, sock: int) -> int:
+        t = self.tokens[sock]
+        while True:
+            t = (t + 1) & 0xFFFF
+            if (sock, t) not in self.pending:
+                self.tokens[sock] = t
+                return t
+
     def _transmit(self, i: int, sock: int, token: int, datagram: bytes, piv: bytes,
                   level: int, echoed: bool = False) -> None:
+        if (sock, token) in self.pending:
+            # The 16-bit token came round while a request sent 65,536 earlier on this socket
+            # still waits (retransmitted): overwriting it lost that request and left the run
+            # waiting for it for ever. Take a free token; token and message id (equal here)
+            # are in the outer header, outside OSCORE's protection, as on the air.
+            token = self._free_token(sock)
+            datagram = datagram[:2] + token.to_bytes(2, "big") * 2 + datagram[6:]
         p = _Pending(i, datagram, piv, level, time.monotonic())
         p.echoed = echoed
         self.pending[(sock, token)] = p
@@ -219,7 +234,7 @@ class LoadGenerator:
                 echo = answer.option(coap.ECHO)
                 if echo is not None:     # resend once, with the Echo and a new number
                     self._outstanding -= 1
-                    t = self.tokens[sock] = (self.tokens[sock] + 1) & 0xFFFF
+                    t = self._free_token(sock)
                     datagram, piv = node.request("u", reading(p.level), mid=t,
                                                  token=t.to_bytes(2, "big"), echo=echo)
                     self._transmit(p.node, sock, t, datagram, piv, p.level, echoed=True)
