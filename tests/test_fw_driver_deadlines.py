@@ -61,12 +61,16 @@ def outcome(make):
 print(json.dumps({
     "qmc5883l": outcome(lambda: QMC5883L(I2C({0x0D: 0xFF}, (0x06, 0x01), 1)).read()),
     "ina219": outcome(lambda: INA219(I2C({0x02: 0x1F40}, (0x02, 0x0002), 2))),
+    # a device that never gets ready still times out
+    "qmc5883l never": outcome(lambda: QMC5883L(I2C({0x0D: 0xFF}, (0x06, 0), 1)).read()),
+    "ina219 never": outcome(lambda: INA219(I2C({0x02: 0x1F40}, (0x02, 0), 2))),
 }))
 """
 
 
-def test_a_pause_after_the_last_look_is_not_a_timeout(tmp_path):
+def test_a_pause_after_the_last_look_is_not_a_timeout_and_never_ready_is(tmp_path):
     (tmp_path / "time.py").write_text(FAKE_TIME)
     proc = run_source(SCRIPT % {"pause": 1000}, path=[tmp_path, ".frozen", FIRMWARE])
     assert proc.returncode == 0, proc.stderr.decode() + proc.stdout.decode()
-    assert json.loads(proc.stdout) == {"qmc5883l": "ready", "ina219": "ready"}
+    assert json.loads(proc.stdout) == {"qmc5883l": "ready", "ina219": "ready",
+                                       "qmc5883l never": "timeout", "ina219 never": "timeout"}
