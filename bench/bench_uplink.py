@@ -3,9 +3,10 @@
 Throughput: simulated nodes (bench/loadgen.py) keep a window of confirmable requests in flight
 for BENCH_SECONDS (default 15); the figure is readings acknowledged 2.04 per second that also
 reached an MQTT subscriber, over the time until the last of them arrived (the run reports any
-acknowledged reading that did not). Baselines measured in the same run: (a) stock aiocoap's OSCORE server with the same
-decode and an aiomqtt QoS-1 publish per request (bench/stock_gateway.py), (b) a plain asyncio
-UDP server answering every datagram (bench/echo_server.py), the ceiling for one Python process.
+acknowledged reading that did not). Baselines measured in the same run: (a) stock aiocoap's
+OSCORE server with the same decode and an aiomqtt QoS-1 publish per request
+(bench/stock_gateway.py), (b) a plain asyncio UDP server answering every datagram
+(bench/echo_server.py), the ceiling for one Python process.
 
 Latency: 1,000 readings per second paced for BENCH_SECONDS, time from the node's send to the
 subscriber's receipt, p50 and p99, against the stock server at the same rate.

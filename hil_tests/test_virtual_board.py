@@ -197,14 +197,22 @@ def test_sensor_model_answers_the_real_driver_and_goes_missing_when_unplugged(tm
         assert "no answer at 0x23" in gone.stdout + gone.stderr
 
 
-def _prompt(port, timeout=20.0):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def _until(sock, marker, timeout=20.0):
+    """What the console sent up to and including ``marker``."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        assert time.monotonic() < deadline, seen
+        chunk = sock.recv(4096)
+        assert chunk, seen + b" (the console closed)"
+        seen += chunk
+    return seen
+
+
+def _prompt(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(b"\r\x03\r\n")
-        seen = b""
-        deadline = time.monotonic() + timeout
-        while b">>> " not in seen and time.monotonic() < deadline:
-            seen += s.recv(4096)
-        return seen
+        return _until(s, b">>> ")
 
 
 def test_fifty_boards_start_and_answer_on_their_consoles(tmp_path, micropython_flash):
@@ -247,23 +255,17 @@ def test_ctrl_c_stops_the_firmware_at_a_safe_point_and_the_repl_answers(tmp_path
     assert not (tmp_path / ".micropython.history").exists()
 
 
-def _raw_exec_interrupted(port, code, after_s=0.5, timeout=20.0):
+def _raw_exec_interrupted(port, code, after_s=0.5):
     """Run ``code`` in the raw REPL, send Ctrl-C ``after_s`` later; what it printed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        def until(marker, seen=b""):
-            deadline = time.monotonic() + timeout
-            while marker not in seen:
-                assert time.monotonic() < deadline, seen
-                seen += s.recv(4096)
-            return seen
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(b"\r\x03")
-        until(b">>> ")
+        _until(s, b">>> ")
         s.sendall(b"\r\x01")
-        until(b"raw REPL; CTRL-B to exit\r\n>")
+        _until(s, b"raw REPL; CTRL-B to exit\r\n>")
         s.sendall(code + b"\x04")
         time.sleep(after_s)
         s.sendall(b"\x03")
-        out = until(b"\x04>")
+        out = _until(s, b"\x04>")
         s.sendall(b"\x02")
         return out
 
