@@ -17,7 +17,7 @@ from pathlib import Path
 
 from boards.broker import Broker, free_port, wait_for_tcp
 from boards.proc import spawn, stop
-from fleet.registry import SALT_BYTES, SECRET_BYTES, Device, Registry
+from registry.db import SALT_BYTES, SECRET_BYTES, Device, Registry
 from gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -52,7 +52,7 @@ class SimNode:
 
     @classmethod
     def of(cls, device, seq: int = 0) -> "SimNode":
-        """From a fleet.registry.Device."""
+        """From a registry.db.Device."""
         return cls(device.kid_bytes, device.master_secret, device.master_salt, seq, device.id)
 
     def request(self, path: str, payload: bytes = b"", *, mid: int, token: bytes = b"\x01\x02",

@@ -25,7 +25,7 @@ import cbor2
 from aiocoap import oscore
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import senml
 from gateway.errors import FrameError
 

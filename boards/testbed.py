@@ -28,7 +28,7 @@ from boards.broker import Broker, find_mosquitto, free_port, wait_for_tcp
 from boards.hostnode import HostNode, install_firmware
 from boards.proc import spawn, stop
 from fleet.nodeconfig import SiteProfile, node_config
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import metrics
 
 PREFIX = "city"

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 from fleet.errors import FleetError
 from fleet.progress import Progress
 from fleet.provision import Options, Result, Target, provision
-from fleet.registry import Registry
+from registry.db import Registry
 
 PORT_POLL_S = 0.5
 

@@ -1,6 +1,6 @@
 """`fleet`: the device registry, site profiles, provisioning and the development push.
 
-Commands only parse arguments and call one function (fleet.registry, fleet.provision,
+Commands only parse arguments and call one function (registry.db, fleet.provision,
 fleet.batch, fleet.push, fleet.firmware); scripts and tests use those functions directly.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.errors import FleetError
-from fleet.registry import Registry, RegistryError, export_oscore, registry_url, shown_url
-from gateway.vocabulary import ROLES
+from registry.db import Registry, RegistryError, export_oscore, registry_url, shown_url
+from protocol.vocabulary import ROLES
 
 # Far above what a device reaches in its life at one frame a minute (2**20 frames = 2 years), so an
 # exported context and the device never share a nonce; see docs/protocol.md §5.
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only the commands that use the registry open it (opening creates an SQLite file).
         reg = Registry(url) if getattr(args, "registry_used", True) else None
         return args.func(reg, args)
-    except FleetError as exc:
+    except (FleetError, RegistryError) as exc:
         print("fleet: %s" % exc, file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from fleet.registry import Device, material_of
+from registry.db import Device, material_of
 
 CONFIG_VERSION = 1
 DEFAULT_INTERVAL_S = {"lighting": 60, "parking": 1800, "shaft": 900}

@@ -41,7 +41,7 @@ from fleet.firmware import (BoardFirmware, ChipFlash, FirmwareImage, firmware_pl
                             read_board_firmware)
 from fleet.nodeconfig import SiteProfile, node_config_bytes
 from fleet.progress import Progress
-from fleet.registry import Device, Registry, RegistryError, Site
+from registry.db import Device, Registry, RegistryError, Site
 from fleet.uplink import UPLINK_TIMEOUT_S, UplinkWatch
 
 DEFAULT_MQTT_PREFIX = "city"
@@ -163,6 +163,10 @@ class _Run:
             self._report(result)
             self._mark_provisioned(result)
             return result
+        except RegistryError as exc:
+            error = FleetError(str(exc), "registry")
+            self._record_failure(error)
+            raise error from None
         except BaseException as exc:
             self._record_failure(exc)
             raise

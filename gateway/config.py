@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from fleet.registry import shown_url
+from registry.db import shown_url
 from gateway.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fleet.registry import KID_BYTES, Device, Registry
+from registry.db import KID_BYTES, Device, Registry
 from gateway.metrics import Metrics
 from gateway.oscore import ReplayWindow, SecurityContext
 from gateway.store import pack_recent, unpack_recent

@@ -1,7 +1,7 @@
 """The downlink queue: commands from MQTT, queued per device, delivered in replies or pushed.
 
 A command arrives as JSON on ``<prefix>/<site>/<device>/down`` (docs/protocol.md §8.1), is
-checked (gateway/commands.py), given the next id of its device and stored in the state database
+checked (protocol/commands.py), given the next id of its device and stored in the state database
 before the gateway acknowledges the MQTT message. It then travels in the downlink envelope of
 every reply to that device (and in every notification, for a device observing ``/c``) until the
 node acknowledges or refuses it in an uplink, or it expires. Each step is an *outcome* published
@@ -18,7 +18,7 @@ from typing import Callable
 
 import cbor2
 
-from gateway import commands
+from protocol import commands
 from gateway.config import DownlinkConfig
 from gateway.contexts import DeviceInfo
 from gateway.metrics import Metrics

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 from gateway.contexts import DeviceInfo
 from gateway.senml import Record
-from gateway.vocabulary import BY_NAME, CONTROL_NAMES
+from protocol.vocabulary import BY_NAME, CONTROL_NAMES
 
 STATUS_NAMES = ("fw", "app", "reset", "boots", "uptime", "heap", "faults", "rssi", "batt", "temp")
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import cbor2
 
 from gateway.errors import FrameError
-from gateway.vocabulary import BY_NAME
+from protocol.vocabulary import BY_NAME
 
 MAX_PAYLOAD = 1024
 MAX_RECORDS = 64

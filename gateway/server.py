@@ -22,7 +22,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import coap, outputs, senml
 from gateway.config import GatewayConfig
 from gateway.contexts import SPOOLED, ContextStore, DeviceInfo
@@ -35,7 +35,7 @@ from gateway.observe import Observations
 from gateway.publisher import Publisher
 from gateway.rules import RULE_REF, NeighbourRule
 from gateway.store import GroupCommitter, Store
-from gateway.vocabulary import CONTROL_NAMES
+from protocol.vocabulary import CONTROL_NAMES
 
 log = logging.getLogger("gateway")
 # A presence record older than this (drained from the node's queue) boosts no neighbours.

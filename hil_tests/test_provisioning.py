@@ -27,7 +27,7 @@ from boards.rom import serve_in_thread, slip_encode
 from boards.testbed import PREFIX
 from fleet.cli import main as fleet_main
 from fleet.firmware import add_to_cache
-from fleet.registry import Registry
+from registry.db import Registry
 from hil_tests.bench import VirtualDut, show, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")

@@ -15,7 +15,7 @@ from boards.vm import FIRMWARE
 from fleet.appbuild import build_app
 from fleet.cli import main as fleet_main
 from fleet.nodeconfig import SiteProfile, node_config_bytes
-from fleet.registry import Registry
+from registry.db import Registry
 from hil_tests.bench import VirtualDut, mpremote, show, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")

@@ -17,7 +17,7 @@ import pytest
 from boards import testbed as tb
 from boards.netem import UdpRelay
 from boards.testbed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import coap, oscore
 from gateway.oscore import SecurityContext
 

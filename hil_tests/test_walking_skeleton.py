@@ -17,7 +17,7 @@ from aiocoap.oscore import NotAProtectedMessage
 from bench.gwtest import aiocoap_as_device
 from boards.netem import UdpRelay
 from fleet.cli import main as fleet_main
-from fleet.registry import export_oscore
+from registry.db import export_oscore
 
 SHAFT = {"shaft": {"depth_mm": 3000}, "standin": {"dist_mm": 1766}}
 

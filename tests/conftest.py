@@ -5,7 +5,7 @@ import pytest
 
 from bench.gwtest import Listener
 from boards.broker import Broker
-from fleet.registry import Registry
+from registry.db import Registry
 
 
 @pytest.fixture(scope="module")

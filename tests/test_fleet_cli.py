@@ -114,7 +114,7 @@ def test_messages_that_name_the_registry_hide_its_password(tmp_path, capsys, mon
     the site list show it as ***. (The registry behind it is SQLite: no server here.)"""
     from sqlalchemy import create_engine
     sqlite = "sqlite:///%s" % (tmp_path / "fleet.db")
-    monkeypatch.setattr("fleet.registry.create_engine", lambda url: create_engine(sqlite))
+    monkeypatch.setattr("registry.db.create_engine", lambda url: create_engine(sqlite))
     url = "postgresql://fleet:pw-123@db.local/fleet"
     for argv in (["device", "list"], ["site", "list"],
                  ["device", "export-oscore", "lamp-99", str(tmp_path / "x")]):

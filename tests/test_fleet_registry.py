@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from fleet.registry import Registry, RegistryError
+from registry.db import Registry, RegistryError
 
 
 @pytest.fixture

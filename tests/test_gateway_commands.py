@@ -11,7 +11,8 @@ import pytest
 from bench.gwtest import Node, aiocoap_as_device, make_config, running
 from bench.nodesim import SimNode, reading
 from bench.loadgen import percentile
-from gateway import coap, commands
+from gateway import coap
+from protocol import commands
 
 
 def outcomes(listener, device):
@@ -200,7 +201,7 @@ async def test_an_observer_gets_commands_pushed_and_periodic_refreshes(tmp_path,
 async def test_aiocoap_can_observe_the_command_resource(tmp_path, broker, registry, listener):
     """A standard OSCORE client (aiocoap with an exported context) as the observer."""
     import aiocoap
-    from fleet.registry import export_oscore
+    from registry.db import export_oscore
 
     device = registry.add_device("lamp-03", "lighting", "north")
     export_oscore(device, tmp_path / "ctx", seq_start=0)

@@ -12,7 +12,7 @@ import pytest
 
 from bench.gwtest import Node, aiocoap_as_device, make_config, running
 from bench.nodesim import SimNode
-from fleet.registry import Registry, export_oscore
+from registry.db import Registry, export_oscore
 from gateway import coap
 from gateway.files import FileCache
 

@@ -11,7 +11,7 @@ import socket
 
 from bench.gwtest import Node, make_config, running
 from bench.nodesim import SimNode, reading
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import coap
 
 FUZZ_DATAGRAMS = 20_000

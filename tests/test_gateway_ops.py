@@ -11,7 +11,7 @@ from bench.gwtest import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
 from bench.nodesim import SimNode, reading
 from boards.broker import Broker, free_port, reserved_port
-from fleet.registry import Registry
+from registry.db import Registry
 from gateway import metrics
 from gateway.cli import main as gateway_main
 

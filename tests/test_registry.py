@@ -6,7 +6,7 @@ import pytest
 from aiocoap.oscore import FilesystemSecurityContext
 
 from fleet.cli import main as fleet_main
-from fleet.registry import Registry, RegistryError, export_oscore
+from registry.db import Registry, RegistryError, export_oscore
 
 
 @pytest.fixture

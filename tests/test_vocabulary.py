@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 
 from boards.vm import FIRMWARE, run_source
-from gateway import vocabulary
+from protocol import vocabulary
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 
 def test_firmware_copy_is_generated_from_the_table():
     assert vocabulary.FIRMWARE_COPY.read_text() == vocabulary.firmware_source(), (
-        "firmware/lib/vocab.py is stale: run `python -m gateway.vocabulary`")
+        "firmware/lib/vocab.py is stale: run `python -m protocol.vocabulary`")
 
 
 def test_micropython_sees_the_same_table_as_cpython():
@@ -63,7 +63,7 @@ def test_the_firmware_s_default_pins_are_the_devkitc_s():
 def test_the_gateway_passes_every_top_level_key_the_firmware_takes_within_its_range():
     """A node in safe mode for a bad value is repaired with a `config` command: the gateway
     must let every key through that the node's config.py can set, and no value it refuses."""
-    from gateway.commands import CONFIG_KEYS
+    from protocol.commands import CONFIG_KEYS
 
     top = _firmware_config_table("TOP")        # key -> (mains, battery, low, high)
     assert set(CONFIG_KEYS) == set(top)

@@ -10,17 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.errors import GatewayError
-from gateway.vocabulary import ROLES
+from protocol.errors import CommandError
+from protocol.vocabulary import ROLES
 
 MAX_TEXT = 64
 _CONFIG_KEY = re.compile(r"^(lighting|parking|shaft)\.[a-z][a-z0-9_]{0,31}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
 _FILE_PATH = re.compile(r"^f(/[A-Za-z0-9][A-Za-z0-9._+-]{0,63}){2}$")
-
-
-class CommandError(GatewayError):
-    """A command the gateway refuses to queue; the message says why."""
 
 
 @dataclass(frozen=True)

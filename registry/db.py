@@ -20,8 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from fleet.errors import FleetError
-from gateway.vocabulary import ROLES
+from protocol.vocabulary import ROLES
 
 DEFAULT_URL = "sqlite:///fleet.db"
 KID_BYTES = 2
@@ -33,11 +32,9 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 _SITE_RE = _ID_RE
 
 
-class RegistryError(FleetError):
-    """A registry operation a user asked for cannot be done; the message says why."""
-
-    def __init__(self, message: str, kind: str = "registry") -> None:
-        super().__init__(message, kind)
+class RegistryError(Exception):
+    """The registry's one error type: an operation a user asked for cannot be done, and the
+    message says why. Its callers translate it into their own (fleet: FleetError)."""
 
 
 class Base(DeclarativeBase):

@@ -4,7 +4,7 @@ Every measurement a node sends is a SenML record whose name comes from this tabl
 value is an integer in the table's wire unit. The gateway turns it into the SenML unit for MQTT
 by dividing by ``scale`` (so centi-degrees travel as integers and arrive as ``Cel``).
 
-``firmware/lib/vocab.py`` is generated from this table (``python -m gateway.vocabulary``);
+``firmware/lib/vocab.py`` is generated from this table (``python -m protocol.vocabulary``);
 a test runs that file in the MicroPython VM and fails if the two copies differ.
 """
 
@@ -72,8 +72,8 @@ BY_NAME: dict[str, Quantity] = {q.name: q for q in TABLE}
 def firmware_source() -> str:
     """The MicroPython copy of the table, as written to firmware/lib/vocab.py."""
     lines = [
-        "# SenML vocabulary, generated from gateway/vocabulary.py by",
-        "# `python -m gateway.vocabulary`; do not edit (a test compares the two copies).",
+        "# SenML vocabulary, generated from protocol/vocabulary.py by",
+        "# `python -m protocol.vocabulary`; do not edit (a test compares the two copies).",
         "# Each entry: (name, wire unit, SenML unit, scale, kind, roles).",
         "TABLE = (",
     ]
