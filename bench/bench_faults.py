@@ -19,7 +19,7 @@ from bench.common import Result
 from bench.harness import (GatewayUnderTest, Mosquitto, Subscriber, make_registry,
                            process_stats, wait_until)
 from bench.loadgen import LoadGenerator
-from bench.nodesim import SimNode
+from testbed.nodesim import SimNode
 
 OUTAGE_S = float(os.environ.get("BENCH_OUTAGE_S", "60"))
 RATE = 1000

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from bench.common import Result
-from boards.broker import Broker
-from boards.netem import UdpSink
-from boards.testbed import BoardNode, Testbed, heap_reports
-from boards.vm import FIRMWARE, HEAP_FLAG, SHIMS, board_heap_flag, run_source
+from testbed.broker import Broker
+from testbed.netem import UdpSink
+from testbed.bed import BoardNode, Testbed, heap_reports
+from vboard.vm import FIRMWARE, HEAP_FLAG, SHIMS, board_heap_flag, run_source
 
 SCENARIO = Path(__file__).resolve().parent.parent / "hil_tests" / "scenarios" / "one-of-each.toml"
 RUN_S = 45

@@ -13,7 +13,7 @@ import time
 import aiomqtt
 
 from bench.common import Result
-from boards.broker import Broker
+from testbed.broker import Broker
 from gateway.mqtt import MqttClient
 
 COUNT = 20_000

@@ -31,9 +31,9 @@ from bench.common import Result
 from bench.harness import (ROOT, GatewayUnderTest, Subscriber, make_registry, process_stats,
                            wait_until)
 from bench.loadgen import LoadGenerator, percentile
-from bench.nodesim import SimNode
-from boards.broker import Broker, free_port
-from boards.proc import spawn, stop
+from testbed.nodesim import SimNode
+from testbed.broker import Broker, free_port
+from testbed.proc import spawn, stop
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "10000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))

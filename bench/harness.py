@@ -15,8 +15,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from boards.broker import Broker, free_port, wait_for_tcp
-from boards.proc import spawn, stop
+from testbed.broker import Broker, free_port, wait_for_tcp
+from testbed.proc import spawn, stop
 from registry.db import SALT_BYTES, SECRET_BYTES, Device, Registry
 from gateway import metrics
 

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bench.nodesim import SimNode, reading
+from testbed.nodesim import SimNode, reading
 from gateway import coap
 
 ACK_TIMEOUT_S = 2.0

@@ -1,1 +1,1 @@
-"""Board definitions and the virtual ESP32 board."""
+"""Board definitions and the ESP32 formats real and virtual boards share: partition table, app image and descriptor, otadata, littlefs images."""

@@ -333,7 +333,7 @@ def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def _firmware_dir() -> Path:
-    from boards.vm import FIRMWARE
+    from vboard.vm import FIRMWARE
     return FIRMWARE
 
 

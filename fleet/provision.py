@@ -56,7 +56,7 @@ class AppBuild:
 
 def build_node_app(source=None) -> AppBuild:
     """The node application as it goes onto the filesystem (once per run or batch)."""
-    from boards.vm import FIRMWARE
+    from vboard.vm import FIRMWARE
 
     source = source or FIRMWARE
     try:

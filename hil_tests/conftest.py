@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from boards.broker import Broker
+from testbed.broker import Broker
 from boards.definitions import board as board_def
-from boards.fleetrun import app_dir_files, make_flash
-from boards.testbed import PREFIX, MqttWatch, Testbed
-from boards.vm import FIRMWARE
-from hil_tests import bench as duts
-from hil_tests.bench import VirtualDut, load_bench, mpremote, virtual_fleet
+from vboard.group import app_dir_files, make_flash
+from testbed.bed import PREFIX, MqttWatch, Testbed
+from vboard.vm import FIRMWARE
+from hil_tests import rack as duts
+from hil_tests.rack import VirtualDut, load_bench, mpremote, virtual_fleet
 
 
 def pytest_addoption(parser):
@@ -112,7 +112,7 @@ def mqtt(broker):
 
 
 def pytest_report_header(config):
-    from boards.broker import find_mosquitto
+    from testbed.broker import find_mosquitto
     found = find_mosquitto()
     bench = config.getoption("--bench") or "virtual boards"
     return ["hil_tests bench: %s" % bench,

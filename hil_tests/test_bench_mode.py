@@ -7,7 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hil_tests.bench import VirtualDut, virtual_fleet
+from hil_tests.rack import VirtualDut, virtual_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import signal
 import time
 from collections import Counter
 
-from bench.nodesim import SimNode
-from boards.netem import UdpRelay
-from boards.testbed import GatewayProcess
+from testbed.nodesim import SimNode
+from testbed.netem import UdpRelay
+from testbed.bed import GatewayProcess
 from gateway import coap, oscore, senml
 
 # The shaft role measures every sample_s (10 s at the least) and reports every interval_s.

@@ -8,8 +8,8 @@ import re
 import time
 from pathlib import Path
 
-from boards import testbed as tb
-from boards.testbed import PREFIX, BoardNode, MqttWatch, records_of
+from testbed import bed as tb
+from testbed.bed import PREFIX, BoardNode, MqttWatch, records_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "outage.toml"
 SPEED = 60

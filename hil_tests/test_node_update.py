@@ -10,8 +10,8 @@ import json
 import os
 import time
 
-from boards import testbed as tb
-from boards.vm import FIRMWARE, SHIMS, run_source
+from testbed import bed as tb
+from vboard.vm import FIRMWARE, SHIMS, run_source
 from fleet.nodeconfig import node_config
 
 FETCH = """

@@ -23,12 +23,12 @@ import pytest
 
 from boards.definitions import BOARDS, MB, Partition, board as board_def
 from boards.flash import FlashFile, build_app_image, merged_image
-from boards.rom import serve_in_thread, slip_encode
-from boards.testbed import PREFIX
+from vboard.rom import serve_in_thread, slip_encode
+from testbed.bed import PREFIX
 from fleet.cli import main as fleet_main
 from fleet.firmware import add_to_cache
 from registry.db import Registry
-from hil_tests.bench import VirtualDut, show, virtual_fleet
+from hil_tests.rack import VirtualDut, show, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
 BIN = Path(sys.executable).parent

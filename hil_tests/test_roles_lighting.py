@@ -13,8 +13,8 @@ from pathlib import Path
 import paho.mqtt.publish as publish
 import pytest
 
-from boards import testbed as tb
-from boards.testbed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of, records_of
+from testbed import bed as tb
+from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of, records_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "street-night.toml"
 SPEED = 10

@@ -10,9 +10,9 @@ from pathlib import Path
 import paho.mqtt.publish as publish
 import pytest
 
-from boards import testbed as tb
-from boards.scenarios import Scenario
-from boards.testbed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of
+from testbed import bed as tb
+from vboard.scenarios import Scenario
+from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "bays.toml"
 SPEED = 20

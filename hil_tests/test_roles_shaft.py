@@ -14,9 +14,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from boards import testbed as tb
-from boards.netem import UdpRelay
-from boards.testbed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
+from testbed import bed as tb
+from testbed.netem import UdpRelay
+from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
 from registry.db import Registry
 from gateway import coap, oscore
 from gateway.oscore import SecurityContext

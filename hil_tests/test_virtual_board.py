@@ -7,10 +7,10 @@ import subprocess
 import time
 
 from boards.definitions import board as board_def
-from boards.fleetrun import make_flash
+from vboard.group import make_flash
 from boards.flash import build_app_image, merged_image, parse_partition_table
 from boards.fsimage import build_littlefs
-from hil_tests.bench import BIN, VirtualDut, mpremote, virtual_fleet
+from hil_tests.rack import BIN, VirtualDut, mpremote, virtual_fleet
 
 BOARD = board_def("esp32-devkitc")
 

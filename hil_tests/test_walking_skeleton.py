@@ -14,8 +14,8 @@ import aiocoap
 import cbor2
 from aiocoap.oscore import NotAProtectedMessage
 
-from bench.gwtest import aiocoap_as_device
-from boards.netem import UdpRelay
+from testbed.gwharness import aiocoap_as_device
+from testbed.netem import UdpRelay
 from fleet.cli import main as fleet_main
 from registry.db import export_oscore
 

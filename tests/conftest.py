@@ -3,8 +3,8 @@ registry and an MQTT listener per test."""
 
 import pytest
 
-from bench.gwtest import Listener
-from boards.broker import Broker
+from testbed.gwharness import Listener
+from testbed.broker import Broker
 from registry.db import Registry
 
 

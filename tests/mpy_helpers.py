@@ -1,4 +1,4 @@
-"""Run firmware library code in the real MicroPython VM (boards/vm.py) from pytest.
+"""Run firmware library code in the real MicroPython VM (vboard/vm.py) from pytest.
 
 Starting a VM costs ~30 ms, so tests batch cases: the cases go in on stdin as JSON, the VM
 prints one JSON line per result, the test compares them in CPython.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-from boards.broker import free_port
-from boards.vm import FIRMWARE, run_source
+from testbed.broker import free_port
+from vboard.vm import FIRMWARE, run_source
 
 LIB = FIRMWARE / "lib"
 # MICROPYPATH replaces the VM's default path: keep ".frozen" (asyncio lives there) ahead of

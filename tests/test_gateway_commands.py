@@ -8,8 +8,8 @@ import time
 import cbor2
 import pytest
 
-from bench.gwtest import Node, aiocoap_as_device, make_config, running
-from bench.nodesim import SimNode, reading
+from testbed.gwharness import Node, aiocoap_as_device, make_config, running
+from testbed.nodesim import SimNode, reading
 from bench.loadgen import percentile
 from gateway import coap
 from protocol import commands

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from bench.gwtest import Listener, Node
+from testbed.gwharness import Listener, Node
 from bench.harness import GatewayUnderTest, Mosquitto, Subscriber, make_registry, wait_until
 from bench.loadgen import LoadGenerator
-from bench.nodesim import SimNode, reading
+from testbed.nodesim import SimNode, reading
 from gateway import coap, oscore
 
 QUIET = '[log]\nlevel = "warning"\n'

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from bench.gwtest import Node, aiocoap_as_device, make_config, running
-from bench.nodesim import SimNode
+from testbed.gwharness import Node, aiocoap_as_device, make_config, running
+from testbed.nodesim import SimNode
 from registry.db import Registry, export_oscore
 from gateway import coap
 from gateway.files import FileCache

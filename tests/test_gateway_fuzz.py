@@ -9,8 +9,8 @@ import random
 import socket
 
 
-from bench.gwtest import Node, make_config, running
-from bench.nodesim import SimNode, reading
+from testbed.gwharness import Node, make_config, running
+from testbed.nodesim import SimNode, reading
 from registry.db import Registry
 from gateway import coap
 

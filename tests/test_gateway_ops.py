@@ -7,10 +7,10 @@ import subprocess
 import urllib.request
 
 
-from bench.gwtest import Listener, Node, make_config, running
+from testbed.gwharness import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
-from bench.nodesim import SimNode, reading
-from boards.broker import Broker, free_port, reserved_port
+from testbed.nodesim import SimNode, reading
+from testbed.broker import Broker, free_port, reserved_port
 from registry.db import Registry
 from gateway import metrics
 from gateway.cli import main as gateway_main

@@ -9,7 +9,7 @@ from aiocoap import oscore as aio
 from aiocoap.message import Direction
 from hypothesis import given, settings, strategies as st
 
-from bench.nodesim import SimNode
+from testbed.nodesim import SimNode
 from gateway import coap, oscore
 
 

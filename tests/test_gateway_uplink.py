@@ -6,9 +6,9 @@ import time
 
 import cbor2
 
-from bench.gwtest import Listener, Node, make_config, running
-from bench.nodesim import SimNode, reading
-from boards.broker import Broker, reserved_port
+from testbed.gwharness import Listener, Node, make_config, running
+from testbed.nodesim import SimNode, reading
+from testbed.broker import Broker, reserved_port
 from gateway import coap, oscore
 
 

@@ -4,7 +4,7 @@ waits for answers that cannot come."""
 import socket
 
 from bench.loadgen import LoadGenerator
-from bench.nodesim import SimNode
+from testbed.nodesim import SimNode
 
 
 async def test_a_token_that_comes_round_while_its_request_waits_is_not_taken_twice():

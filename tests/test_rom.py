@@ -23,7 +23,7 @@ import pytest
 
 from boards.definitions import MB, board
 from boards.flash import FlashFile, PowerCut
-from boards.rom import SlipDecoder, serve_in_thread, slip_encode
+from vboard.rom import SlipDecoder, serve_in_thread, slip_encode
 
 BOARD = board("esp32-devkitc")
 SERIAL = 0x123456

@@ -1,6 +1,6 @@
 """`vboard mkflash` and `vboard info` on bad input: a clear error, nothing left behind."""
 
-from boards.cli import main as vboard_main
+from vboard.cli import main as vboard_main
 
 MKFLASH = ["mkflash", "--board", "esp32-devkitc"]
 

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from boards.broker import free_port
+from testbed.broker import free_port
 from boards.definitions import board
-from boards.vboard import VirtualBoard
+from vboard.board import VirtualBoard
 
 
 async def test_a_board_whose_rom_port_is_taken_closes_its_console_again(tmp_path):

@@ -19,17 +19,17 @@ import pytest
 from boards import flash as flashmod
 from boards.definitions import board as board_def
 from boards.flash import OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID, read_otadata
-from boards.hardware import (BoardHardware, SimClock, adc_reading, boot_partition,
+from vboard.hardware import (BoardHardware, SimClock, adc_reading, boot_partition,
                              set_boot_partition)
-from boards.models.base import Nack
-from boards.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
+from vboard.models.base import Nack
+from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
 pytestmark = pytest.mark.timeout(60)
 
 MAC = bytes.fromhex("240ac4a1b2c3")
 
 
-# --- fake devices (boards/models/base.py interfaces) -------------------------------------------
+# --- fake devices (vboard/models/base.py interfaces) -------------------------------------------
 
 class RegisterDevice:
     """An I2C device with 256 byte registers and an auto-incrementing register pointer."""

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from boards.vm import FIRMWARE, run_source
+from vboard.vm import FIRMWARE, run_source
 from protocol import vocabulary
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

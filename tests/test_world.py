@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from boards.scenarios import HERE, Scenario
-from boards.world import World
+from vboard.scenarios import HERE, Scenario
+from vboard.world import World
 
 T0 = 1_750_000_000.0
 

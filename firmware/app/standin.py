@@ -1,5 +1,5 @@
 # A stand-in distance source for the shaft role where no sonar is attached: the host runner
-# (boards/hostnode.py, gateway tests) has no board and no sensors. Only used when the node's
+# (testbed/hostnode.py, gateway tests) has no board and no sensors. Only used when the node's
 # configuration has a "standin" section ({"dist_mm", "swing_mm", "period_s"}): a constant
 # distance, or a slow triangle wave around it for demos. Real nodes use the JSN-SR04T.
 
