@@ -16,8 +16,14 @@ import time
 from pathlib import Path
 
 from bench.common import Result
-from bench.harness import (GatewayUnderTest, Mosquitto, Subscriber, make_registry,
-                           process_stats, wait_until)
+from bench.harness import (
+    GatewayUnderTest,
+    Mosquitto,
+    Subscriber,
+    make_registry,
+    process_stats,
+    wait_until,
+)
 from bench.loadgen import LoadGenerator
 from testbed.nodesim import SimNode
 

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 from bench.common import Result
+from boards.nodeapp import FIRMWARE
+from testbed.bed import BoardNode, Testbed, heap_reports
 from testbed.broker import Broker
 from testbed.netem import UdpSink
-from testbed.bed import BoardNode, Testbed, heap_reports
-from vboard.vm import FIRMWARE, HEAP_FLAG, SHIMS, board_heap_flag, run_source
+from vboard.vm import HEAP_FLAG, SHIMS, board_heap_flag, run_source
 
 SCENARIO = Path(__file__).resolve().parent.parent / "hil_tests" / "scenarios" / "one-of-each.toml"
 RUN_S = 45

@@ -13,8 +13,8 @@ import time
 import aiomqtt
 
 from bench.common import Result
-from testbed.broker import Broker
 from gateway.mqtt import MqttClient
+from testbed.broker import Broker
 
 COUNT = 20_000
 PAYLOAD = b'[{"bn":"urn:dev:id:shaft-01:","n":"level","u":"mm","v":1234,"t":1795000000}]'

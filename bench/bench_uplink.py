@@ -28,11 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Result
-from bench.harness import (ROOT, GatewayUnderTest, Subscriber, make_registry, process_stats,
-                           wait_until)
+from bench.harness import (
+    ROOT,
+    GatewayUnderTest,
+    Subscriber,
+    make_registry,
+    process_stats,
+    wait_until,
+)
 from bench.loadgen import LoadGenerator, percentile
-from testbed.nodesim import SimNode
 from testbed.broker import Broker, free_port
+from testbed.nodesim import SimNode
 from testbed.proc import spawn, stop
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "10000"))

@@ -15,10 +15,10 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gateway import metrics
+from registry.db import SALT_BYTES, SECRET_BYTES, Device, Registry
 from testbed.broker import Broker, free_port, wait_for_tcp
 from testbed.proc import spawn, stop
-from registry.db import SALT_BYTES, SECRET_BYTES, Device, Registry
-from gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

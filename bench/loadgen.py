@@ -22,8 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from testbed.nodesim import SimNode, reading
 from gateway import coap
+from testbed.nodesim import SimNode, reading
 
 ACK_TIMEOUT_S = 2.0
 MAX_RETRANSMIT = 4

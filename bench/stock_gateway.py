@@ -25,9 +25,9 @@ import cbor2
 from aiocoap import oscore
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-from registry.db import Registry
 from gateway import senml
 from gateway.errors import FrameError
+from registry.db import Registry
 
 
 class _Context(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityContextUtils):

@@ -8,9 +8,26 @@ with the same partition table MicroPython's image for that board carries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 KB = 1024
 MB = 1024 * KB
+SECTOR = 4 * KB     # the SPI flash's erase unit
+
+
+class FlashReader(Protocol):
+    """What the format readers need of a flash: a virtual board's flash file, or a real chip
+    read over esptool (fleet/firmware.py)."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+class FlashWriter(FlashReader, Protocol):
+    """A flash that the bootloader's otadata updates can also be written to."""
+
+    def erase(self, offset: int, length: int) -> None: ...
+
+    def program(self, offset: int, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from collections.abc import Mapping
 
 from littlefs import LittleFS, LittleFSError
 
-BLOCK_SIZE = 4096
+from boards.definitions import SECTOR
+from boards.errors import ImageError
+
+BLOCK_SIZE = SECTOR
 LFS_PARAMS = dict(block_size=BLOCK_SIZE, read_size=32, prog_size=32, lookahead_size=32)
-
-
-class ImageError(Exception):
-    """The files do not fit, or an image cannot be read."""
 
 
 def build_littlefs(files: Mapping[str, bytes], size: int) -> bytes:

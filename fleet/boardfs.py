@@ -13,7 +13,8 @@ import json
 from littlefs import LittleFS, LittleFSError, UserContext
 
 from boards.definitions import Partition
-from boards.fsimage import BLOCK_SIZE, LFS_PARAMS, ImageError, build_littlefs
+from boards.errors import ImageError
+from boards.fsimage import BLOCK_SIZE, LFS_PARAMS, build_littlefs
 from fleet.errors import IMAGE_TOO_LARGE, FleetError
 
 CONFIG_FILE = "config.json"

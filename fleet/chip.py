@@ -17,8 +17,18 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from fleet.errors import (CONNECTION_LOST, FLASH_MISMATCH, FLASH_TOO_SMALL, IMAGE_TOO_LARGE,
-                          NO_ANSWER, NO_PORT, PORT_BUSY, VERIFY_FAILED, WRONG_CHIP, FleetError)
+from fleet.errors import (
+    CONNECTION_LOST,
+    FLASH_MISMATCH,
+    FLASH_TOO_SMALL,
+    IMAGE_TOO_LARGE,
+    NO_ANSWER,
+    NO_PORT,
+    PORT_BUSY,
+    VERIFY_FAILED,
+    WRONG_CHIP,
+    FleetError,
+)
 
 log = logging.getLogger("fleet.chip")
 
@@ -274,7 +284,7 @@ class _EsptoolOutput:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        from esp_pylib.logger import EspLog       # esptool >= 5.6 logs through esp_pylib
+        from esp_pylib.logger import EspLog  # esptool >= 5.6 logs through esp_pylib
         from esptool.logger import log as esptool_log
         previous = EspLog.instance
         esptool_log.set_logger(self._logger)

@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.errors import FleetError
-from registry.db import Registry, RegistryError, export_oscore, registry_url, shown_url
 from protocol.vocabulary import ROLES
+from registry.db import Registry, RegistryError, export_oscore, registry_url, shown_url
 
 # Far above what a device reaches in its life at one frame a minute (2**20 frames = 2 years), so an
 # exported context and the device never share a nonce; see docs/protocol.md §5.
@@ -333,7 +333,7 @@ def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def _firmware_dir() -> Path:
-    from vboard.vm import FIRMWARE
+    from boards.nodeapp import FIRMWARE
     return FIRMWARE
 
 

@@ -20,24 +20,34 @@ import hashlib
 import os
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from boards.definitions import Board, Partition
-from boards.flash import (IMAGE_MAGIC, PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE,
-                          AppImageError, FlashError, bootloader_offset, check_app_image,
-                          filesystem_partition, parse_app_desc, parse_partition_table,
-                          select_boot_partition)
+from boards.app_image import IMAGE_MAGIC, parse_app_desc
+from boards.definitions import SECTOR, Board, Partition
+from boards.errors import FlashError
+from boards.firmware_image import (
+    INVALID,
+    TOO_LARGE,
+    UNREADABLE,
+    FirmwareFileError,
+    FirmwareImage,
+    read_firmware_file,
+)
+from boards.otadata import select_boot_partition
+from boards.partition_table import (
+    PARTITION_TABLE_OFFSET,
+    PARTITION_TABLE_SIZE,
+    filesystem_partition,
+    parse_partition_table,
+)
 from fleet.chip import chip_label
-from fleet.errors import (BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE,
-                          FleetError)
+from fleet.errors import BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE, FleetError
 
 CACHE_ENV = "FLEET_FIRMWARE_CACHE"
 DEFAULT_CACHE = Path("~/.cache/citytestbed/firmware")
 _APP_DESC_AT = 24 + 8     # image header (ESP32 extended) + first segment header
 _HEAD_BYTES = 0x1000      # read from an app partition to find its descriptor
-_SECTOR = 0x1000
 
 
 def cache_dir(explicit: str | Path | None = None) -> Path:
@@ -45,93 +55,16 @@ def cache_dir(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-@dataclass(frozen=True)
-class FirmwareImage:
-    path: Path
-    data: bytes                                  # the whole file
-    project: str
-    version: str
-    date: str
-    chip: str                                    # esptool's name of the chip it is built for
-    partitions: tuple[Partition, ...] | None     # the table a merged image carries
-    app: bytes                                   # the app image alone
-    offset: int = 0        # a merged image: where it is written (the chip's bootloader offset)
-
-    @property
-    def merged(self) -> bool:
-        """Bootloader + partition table + app (micropython.org's .bin), written at ``offset``."""
-        return self.partitions is not None
-
-    def app_partition(self) -> Partition:
-        assert self.partitions is not None
-        return next(p for p in self.partitions if p.type == "app")
-
-    def __str__(self) -> str:
-        return "%s %s" % (self.project, self.version)
-
-
 def load_image(path: Path) -> FirmwareImage:
-    """Read and check a firmware file: an ESP32 image whose app descriptor names MicroPython."""
-    path = Path(path)
+    """Read and check a firmware file (boards/firmware_image.py); FleetError when it cannot be
+    used, with the kind provisioning reports."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FleetError("cannot read the firmware file %s: %s" % (path, exc.strerror),
-                         NO_FIRMWARE) from None
-    if not data or data[0] != IMAGE_MAGIC:
-        raise FleetError("%s is not an ESP32 firmware image (it must start with 0xE9)" % path,
-                         BAD_FIRMWARE)
-    partitions = None
-    app = data
-    # A merged image starts at its chip's bootloader offset (0x1000, 0x0 or 0x2000), so its
-    # partition table sits at 0x8000 minus that; an app image has none there.
-    from esptool.targets import CHIP_DEFS
-    offset = next((o for o in sorted({c.BOOTLOADER_FLASH_OFFSET for c in CHIP_DEFS.values()})
-                   if data[PARTITION_TABLE_OFFSET - o:PARTITION_TABLE_OFFSET - o + 2]
-                   == b"\xaa\x50"), None)
-    if offset is not None:
-        table_at = PARTITION_TABLE_OFFSET - offset
-        try:
-            partitions = parse_partition_table(data[table_at:table_at + PARTITION_TABLE_SIZE])
-        except FlashError as exc:
-            raise FleetError("%s: its partition table is damaged (%s): download it again"
-                             % (path, exc), BAD_FIRMWARE) from None
-        app_part = next((p for p in partitions if p.type == "app"), None)
-        if app_part is None:
-            raise FleetError("%s: its partition table has no app partition" % path,
-                             BAD_FIRMWARE)
-        app = data[app_part.offset - offset:]
-        if len(app) > app_part.size:
-            raise FleetError("%s: its app (%s bytes) is larger than its own app partition "
-                             "(%s bytes): the file is damaged or not built for this layout"
-                             % (path, format(len(app), ","), format(app_part.size, ",")),
-                             IMAGE_TOO_LARGE)
-    project, version, date, chip = _describe_app(path, app)
-    if project != "micropython":
-        raise FleetError("%s is not MicroPython: its app descriptor names %r" % (path, project),
-                         BAD_FIRMWARE)
-    if offset is not None and chip in CHIP_DEFS and bootloader_offset(chip) != offset:
-        raise FleetError("%s: its layout starts at 0x%x, but the %s's bootloader is at 0x%x: "
-                         "the file is damaged or not a merged image" % (
-                             path, offset, chip.upper(), bootloader_offset(chip)), BAD_FIRMWARE)
-    return FirmwareImage(path, data, project, version, date, chip, partitions, app,
-                         offset or 0)
+        return read_firmware_file(path)
+    except FirmwareFileError as exc:
+        raise FleetError(str(exc), _FILE_ERROR_KINDS[exc.kind]) from None
 
 
-def _describe_app(path: Path, app: bytes) -> tuple[str, str, str, str]:
-    from esptool.targets import CHIP_DEFS
-
-    try:
-        (project, version, _idf, date), _ = check_app_image(app)
-    except AppImageError as exc:
-        why = {"descriptor": "has no app descriptor (not an ESP-IDF app)",
-               "digest": "is damaged (SHA-256 mismatch): download it again"}.get(
-            exc.kind, "is not valid (%s): download it again" % exc)
-        raise FleetError("%s: the app image %s" % (path, why), BAD_FIRMWARE) from None
-    chip_id = struct.unpack_from("<H", app, 12)[0]
-    chip = next((name for name, cls in CHIP_DEFS.items()
-                 if getattr(cls, "IMAGE_CHIP_ID", None) == chip_id), "chip id %d" % chip_id)
-    return project, version, date, chip
+_FILE_ERROR_KINDS = {UNREADABLE: NO_FIRMWARE, INVALID: BAD_FIRMWARE, TOO_LARGE: IMAGE_TOO_LARGE}
 
 
 def version_key(version: str) -> tuple:
@@ -235,10 +168,10 @@ class ChipFlash:
         out = bytearray()
         end = offset + length
         while offset < end:
-            base = offset - offset % _SECTOR
+            base = offset - offset % SECTOR
             if base not in self._sectors:
-                self._sectors[base] = self._chip.read(base, _SECTOR)
-            chunk = self._sectors[base][offset - base:min(end - base, _SECTOR)]
+                self._sectors[base] = self._chip.read(base, SECTOR)
+            chunk = self._sectors[base][offset - base:min(end - base, SECTOR)]
             out += chunk
             offset += len(chunk)
         return bytes(out)

@@ -32,17 +32,18 @@ from itertools import count
 from typing import Callable
 
 from boards.definitions import Board, Partition
-from boards.flash import FlashError, filesystem_partition
+from boards.errors import FlashError
+from boards.firmware_image import FirmwareImage
+from boards.partition_table import filesystem_partition
 from fleet import boardfs
 from fleet.appbuild import BuildError, app_version, build_app
 from fleet.chip import DEFAULT_BAUD, open_chip
 from fleet.errors import BOARD_TAKEN, KEY_IN_USE, NO_SITE, VERIFY_FAILED, FleetError
-from fleet.firmware import (BoardFirmware, ChipFlash, FirmwareImage, firmware_plan,
-                            read_board_firmware)
+from fleet.firmware import BoardFirmware, ChipFlash, firmware_plan, read_board_firmware
 from fleet.nodeconfig import SiteProfile, node_config_bytes
 from fleet.progress import Progress
-from registry.db import Device, Registry, RegistryError, Site
 from fleet.uplink import UPLINK_TIMEOUT_S, UplinkWatch
+from registry.db import Device, Registry, RegistryError, Site
 
 DEFAULT_MQTT_PREFIX = "city"
 MESSAGE_CHARS = 400          # provision_message column
@@ -56,7 +57,7 @@ class AppBuild:
 
 def build_node_app(source=None) -> AppBuild:
     """The node application as it goes onto the filesystem (once per run or batch)."""
-    from vboard.vm import FIRMWARE
+    from boards.nodeapp import FIRMWARE
 
     source = source or FIRMWARE
     try:

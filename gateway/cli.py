@@ -12,7 +12,6 @@ from gateway import config as gwconfig
 from gateway import logs
 from gateway.errors import ConfigError, StartError
 
-
 # The state database commits in its own thread, which needs the GIL for a moment per row;
 # with CPython's default 5 ms switch interval a busy event loop makes every commit (and so
 # every 2.04) wait. 0.5 ms halves the gateway's latency under load and doubles its throughput

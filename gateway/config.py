@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from registry.db import shown_url
 from gateway.errors import ConfigError
+from registry.db import shown_url
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from registry.db import KID_BYTES, Device, Registry
 from gateway.metrics import Metrics
 from gateway.oscore import ReplayWindow, SecurityContext
 from gateway.store import pack_recent, unpack_recent
+from registry.db import KID_BYTES, Device, Registry
 
 log = logging.getLogger("gateway.contexts")
 

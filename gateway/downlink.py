@@ -18,11 +18,11 @@ from typing import Callable
 
 import cbor2
 
-from protocol import commands
 from gateway.config import DownlinkConfig
 from gateway.contexts import DeviceInfo
 from gateway.metrics import Metrics
 from gateway.store import Batch
+from protocol import commands
 
 log = logging.getLogger("gateway.downlink")
 

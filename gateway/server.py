@@ -22,7 +22,6 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from registry.db import Registry
 from gateway import coap, outputs, senml
 from gateway.config import GatewayConfig
 from gateway.contexts import SPOOLED, ContextStore, DeviceInfo
@@ -36,6 +35,7 @@ from gateway.publisher import Publisher
 from gateway.rules import RULE_REF, NeighbourRule
 from gateway.store import GroupCommitter, Store
 from protocol.vocabulary import CONTROL_NAMES
+from registry.db import Registry
 
 log = logging.getLogger("gateway")
 # A presence record older than this (drained from the node's queue) boosts no neighbours.

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from testbed.broker import Broker
 from boards.definitions import board as board_def
-from vboard.group import app_dir_files, make_flash
-from testbed.bed import PREFIX, MqttWatch, Testbed
-from vboard.vm import FIRMWARE
+from boards.nodeapp import FIRMWARE, app_dir_files
 from hil_tests import rack as duts
 from hil_tests.rack import VirtualDut, load_bench, mpremote, virtual_fleet
+from testbed.bed import PREFIX, MqttWatch, Testbed
+from testbed.broker import Broker
+from vboard.flashimage import make_flash
 
 
 def pytest_addoption(parser):

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from vboard import group as fleetrun
-from boards.definitions import Board, board as board_def
+from boards.definitions import Board
+from boards.definitions import board as board_def
 from testbed.boardthread import FleetThread
-
+from vboard import group as fleetrun
 
 BIN = Path(sys.executable).parent      # the tools installed with the project (mpremote, esptool)
 

@@ -5,8 +5,8 @@ import sys
 
 import paho.mqtt.publish as publish
 
-from testbed.broker import Broker
 from testbed.bed import MqttWatch
+from testbed.broker import Broker
 
 
 def test_demo_prints_live_readings_and_stops_cleanly():

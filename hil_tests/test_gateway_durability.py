@@ -11,10 +11,10 @@ import signal
 import time
 from collections import Counter
 
-from testbed.nodesim import SimNode
-from testbed.netem import UdpRelay
-from testbed.bed import GatewayProcess
 from gateway import coap, oscore, senml
+from testbed.bed import GatewayProcess
+from testbed.netem import UdpRelay
+from testbed.nodesim import SimNode
 
 # The shaft role measures every sample_s (10 s at the least) and reports every interval_s.
 SHAFT = {"shaft": {"depth_mm": 3000, "sample_s": 10}, "standin": {"dist_mm": 1766,

@@ -10,9 +10,10 @@ import json
 import os
 import time
 
-from testbed import bed as tb
-from vboard.vm import FIRMWARE, SHIMS, run_source
+from boards.nodeapp import FIRMWARE
 from fleet.nodeconfig import node_config
+from testbed import bed as tb
+from vboard.vm import SHIMS, run_source
 
 FETCH = """
 import asyncio, hashlib

@@ -21,14 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from boards.definitions import BOARDS, MB, Partition, board as board_def
-from boards.flash import FlashFile, build_app_image, merged_image
-from vboard.rom import serve_in_thread, slip_encode
-from testbed.bed import PREFIX
+from boards.app_image import build_app_image, merged_image
+from boards.definitions import BOARDS, MB, Partition
+from boards.definitions import board as board_def
 from fleet.cli import main as fleet_main
 from fleet.firmware import add_to_cache
-from registry.db import Registry
 from hil_tests.rack import VirtualDut, show, virtual_fleet
+from registry.db import Registry
+from testbed.bed import PREFIX
+from vboard.flash import FlashFile
+from vboard.rom import serve_in_thread, slip_encode
 
 BOARD = board_def("esp32-devkitc")
 BIN = Path(sys.executable).parent

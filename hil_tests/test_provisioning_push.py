@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from boards.definitions import board as board_def
-from vboard.group import make_flash
-from vboard.vm import FIRMWARE
+from boards.nodeapp import FIRMWARE
 from fleet.appbuild import build_app
 from fleet.cli import main as fleet_main
 from fleet.nodeconfig import SiteProfile, node_config_bytes
-from registry.db import Registry
 from hil_tests.rack import VirtualDut, mpremote, show, virtual_fleet
+from registry.db import Registry
+from vboard.flashimage import make_flash
 
 BOARD = board_def("esp32-devkitc")
 

@@ -11,8 +11,8 @@ import paho.mqtt.publish as publish
 import pytest
 
 from testbed import bed as tb
-from vboard.scenarios import Scenario
 from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of
+from vboard.scenarios import Scenario
 
 SCENARIO = Path(__file__).parent / "scenarios" / "bays.toml"
 SPEED = 20

@@ -14,12 +14,12 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from testbed import bed as tb
-from testbed.netem import UdpRelay
-from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
-from registry.db import Registry
 from gateway import coap, oscore
 from gateway.oscore import SecurityContext
+from registry.db import Registry
+from testbed import bed as tb
+from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
+from testbed.netem import UdpRelay
 
 SCENARIO = Path(__file__).parent / "scenarios" / "shafts.toml"
 SPEED = 60

@@ -6,11 +6,12 @@ import socket
 import subprocess
 import time
 
+from boards.app_image import build_app_image, merged_image
 from boards.definitions import board as board_def
-from vboard.group import make_flash
-from boards.flash import build_app_image, merged_image, parse_partition_table
 from boards.fsimage import build_littlefs
+from boards.partition_table import parse_partition_table
 from hil_tests.rack import BIN, VirtualDut, mpremote, virtual_fleet
+from vboard.flashimage import make_flash
 
 BOARD = board_def("esp32-devkitc")
 

@@ -14,10 +14,10 @@ import aiocoap
 import cbor2
 from aiocoap.oscore import NotAProtectedMessage
 
-from testbed.gwharness import aiocoap_as_device
-from testbed.netem import UdpRelay
 from fleet.cli import main as fleet_main
 from registry.db import export_oscore
+from testbed.gwharness import aiocoap_as_device
+from testbed.netem import UdpRelay
 
 SHAFT = {"shaft": {"depth_mm": 3000}, "standin": {"dist_mm": 1766}}
 

@@ -24,12 +24,12 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
+from fleet.nodeconfig import SiteProfile, node_config
+from gateway import metrics
+from registry.db import Registry
 from testbed.broker import Broker, find_mosquitto, free_port, wait_for_tcp
 from testbed.hostnode import HostNode, install_firmware
 from testbed.proc import spawn, stop
-from fleet.nodeconfig import SiteProfile, node_config
-from registry.db import Registry
-from gateway import metrics
 
 PREFIX = "city"
 
@@ -291,9 +291,10 @@ class BoardFleet:
     def start(cls, bed: "Testbed", nodes: list[BoardNode], *, scenario, speed: float,
               seed: int, compiled: bool, gateway_port: int | None,
               reload_gateway: bool = False) -> "BoardFleet":
-        from vboard import group as fleetrun
         from boards.definitions import board as board_def
         from testbed.boardthread import FleetThread
+        from vboard import flashimage
+        from vboard import group as fleetrun
         from vboard.scenarios import Scenario
 
         sc = None
@@ -317,7 +318,7 @@ class BoardFleet:
             files["config.json"] = (json.dumps(cfg, indent=1) + "\n").encode()
             files.update(n.files)
             flash = folder / ("%s.bin" % n.id)
-            fleetrun.make_flash(board_def(n.board), flash, files=files)
+            flashimage.make_flash(board_def(n.board), flash, files=files)
             specs.append(fleetrun.BoardSpec(id=n.id, board=n.board, flash=flash, role=n.role,
                                             serial=0x200 + i))
         spec = fleetrun.FleetSpec(specs, speed=speed, seed=seed,

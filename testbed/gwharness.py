@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
-from testbed.nodesim import Answer, SimNode
-from testbed.broker import free_port
 from gateway import coap, config
 from gateway.mqtt import MqttClient
 from gateway.server import Gateway
+from testbed.broker import free_port
+from testbed.nodesim import Answer, SimNode
 
 
 def make_config(tmp_path: Path, broker_port: int, registry_url: str,

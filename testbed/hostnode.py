@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from boards.nodeapp import FIRMWARE
 from testbed.proc import spawn, stop
-from vboard.vm import FIRMWARE, SHIMS, vm_command, vm_env
+from vboard.vm import SHIMS, vm_command, vm_env
 
 # The ESP32 port runs boot.py and then main.py from the filesystem root.
 _BOOTSTRAP = """\

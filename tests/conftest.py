@@ -3,9 +3,9 @@ registry and an MQTT listener per test."""
 
 import pytest
 
-from testbed.gwharness import Listener
-from testbed.broker import Broker
 from registry.db import Registry
+from testbed.broker import Broker
+from testbed.gwharness import Listener
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
+from boards.nodeapp import FIRMWARE
 from testbed.broker import free_port
-from vboard.vm import FIRMWARE, run_source
+from vboard.vm import run_source
 
 LIB = FIRMWARE / "lib"
 # MICROPYPATH replaces the VM's default path: keep ".frozen" (asyncio lives there) ahead of

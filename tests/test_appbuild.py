@@ -1,7 +1,7 @@
 """The application as deployed: compiled with mpy-cross, and it still runs on the VM."""
 
-from vboard.vm import run_source
 from fleet.appbuild import SOURCE_ONLY, build_app
+from vboard.vm import run_source
 
 
 def test_modules_compile_and_the_compiled_protocol_stack_runs(tmp_path):

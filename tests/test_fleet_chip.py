@@ -12,11 +12,19 @@ import time
 import pytest
 
 from boards.definitions import MB, board
-from boards.flash import FlashFile
-from vboard.rom import serve_in_thread, slip_encode
 from fleet.chip import ChipInfo, _from_esptool, open_chip
-from fleet.errors import (FLASH_MISMATCH, FLASH_TOO_SMALL, NO_ANSWER, NO_PORT, PORT_BUSY,
-                          VERIFY_FAILED, WRONG_CHIP, FleetError)
+from fleet.errors import (
+    FLASH_MISMATCH,
+    FLASH_TOO_SMALL,
+    NO_ANSWER,
+    NO_PORT,
+    PORT_BUSY,
+    VERIFY_FAILED,
+    WRONG_CHIP,
+    FleetError,
+)
+from vboard.flash import FlashFile
+from vboard.rom import serve_in_thread, slip_encode
 
 BOARD = board("esp32-devkitc")
 

@@ -9,9 +9,10 @@ import socket
 
 import pytest
 
+from boards.app_image import build_app_image, merged_image
 from boards.definitions import board
-from boards.flash import build_app_image, merged_image
-from fleet.cli import _settings, main as fleet_main
+from fleet.cli import _settings
+from fleet.cli import main as fleet_main
 from fleet.errors import FleetError
 
 

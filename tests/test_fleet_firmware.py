@@ -9,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from boards.app_image import build_app_image, merged_image
 from boards.definitions import LAYOUT_4MB_BIGAPP, MB, Partition, board
-from boards.flash import (FlashFile, build_app_image, merged_image, read_partition_table,
-                          write_otadata, read_otadata, OTA_IMG_VALID)
+from boards.otadata import OTA_IMG_VALID, read_otadata, write_otadata
+from boards.partition_table import read_partition_table
 from fleet.errors import BAD_FIRMWARE, FLASH_TOO_SMALL, IMAGE_TOO_LARGE, NO_FIRMWARE, FleetError
-from fleet.firmware import (add_to_cache, cached_images, find_firmware, firmware_plan,
-                            load_image, read_board_firmware, version_key)
+from fleet.firmware import (
+    add_to_cache,
+    cached_images,
+    find_firmware,
+    firmware_plan,
+    load_image,
+    read_board_firmware,
+    version_key,
+)
+from vboard.flash import FlashFile
 
 BOARD = board("esp32-devkitc")
 

@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 
 import cbor2
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from mpy_helpers import run_mpy, run_mpy_cases, vm_settings
 
 # --- moving values between CPython and the VM ----------------------------------------------

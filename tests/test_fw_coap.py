@@ -12,8 +12,8 @@ from aiocoap import ACK, CON, NON, RST, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.optiontypes import OpaqueOption
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from mpy_helpers import free_udp_port, run_mpy, run_mpy_cases, vm_settings
 
 KNOWN_OPTIONS = {int(n) for n in OptionNumber}

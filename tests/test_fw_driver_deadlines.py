@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from vboard.vm import FIRMWARE, run_source
+from boards.nodeapp import FIRMWARE
+from vboard.vm import run_source
 
 FAKE_TIME = """
 _now = [0]

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from boards.definitions import board as board_def
+from boards.nodeapp import FIRMWARE
 from vboard.hardware import BoardHardware
-from vboard.models.jsnsr04t import frame as sonar_frame, speed_of_sound
+from vboard.models.jsnsr04t import frame as sonar_frame
+from vboard.models.jsnsr04t import speed_of_sound
 from vboard.models.wiring import wire
 from vboard.scenarios import Scenario
-from vboard.vm import FIRMWARE, SHIMS, board_heap_flag, micropython_executable, vm_env
+from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 from vboard.world import World
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,8 +11,9 @@ import socket
 
 import cbor2
 
+from boards.nodeapp import FIRMWARE
 from testbed.netem import UdpSink
-from vboard.vm import FIRMWARE, SHIMS, run_source
+from vboard.vm import SHIMS, run_source
 
 PATH = [".frozen", FIRMWARE, FIRMWARE / "lib", SHIMS]
 

@@ -20,8 +20,8 @@ from aiocoap.transports.oscore import OSCOREAddress
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from mpy_helpers import free_udp_port, run_mpy, run_mpy_cases, vm_settings
 
 # --- AES-CCM and HKDF against cryptography --------------------------------------------------

@@ -1,9 +1,10 @@
 """The gateway's lean CoAP codec agrees with aiocoap's, and refuses what is not CoAP."""
 
 import aiocoap
-from aiocoap.message import Direction
 import pytest
-from hypothesis import given, settings, strategies as st
+from aiocoap.message import Direction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import coap
 

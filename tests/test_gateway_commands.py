@@ -8,11 +8,11 @@ import time
 import cbor2
 import pytest
 
-from testbed.gwharness import Node, aiocoap_as_device, make_config, running
-from testbed.nodesim import SimNode, reading
 from bench.loadgen import percentile
 from gateway import coap
 from protocol import commands
+from testbed.gwharness import Node, aiocoap_as_device, make_config, running
+from testbed.nodesim import SimNode, reading
 
 
 def outcomes(listener, device):
@@ -201,6 +201,7 @@ async def test_an_observer_gets_commands_pushed_and_periodic_refreshes(tmp_path,
 async def test_aiocoap_can_observe_the_command_resource(tmp_path, broker, registry, listener):
     """A standard OSCORE client (aiocoap with an exported context) as the observer."""
     import aiocoap
+
     from registry.db import export_oscore
 
     device = registry.add_device("lamp-03", "lighting", "north")

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from testbed.gwharness import Listener, Node
 from bench.harness import GatewayUnderTest, Mosquitto, Subscriber, make_registry, wait_until
 from bench.loadgen import LoadGenerator
-from testbed.nodesim import SimNode, reading
 from gateway import coap, oscore
+from testbed.gwharness import Listener, Node
+from testbed.nodesim import SimNode, reading
 
 QUIET = '[log]\nlevel = "warning"\n'
 

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
-from testbed.gwharness import Node, aiocoap_as_device, make_config, running
-from testbed.nodesim import SimNode
-from registry.db import Registry, export_oscore
 from gateway import coap
 from gateway.files import FileCache
+from registry.db import Registry, export_oscore
+from testbed.gwharness import Node, aiocoap_as_device, make_config, running
+from testbed.nodesim import SimNode
 
 
 def _release(store, version, files):

@@ -8,11 +8,10 @@ import asyncio
 import random
 import socket
 
-
+from gateway import coap
+from registry.db import Registry
 from testbed.gwharness import Node, make_config, running
 from testbed.nodesim import SimNode, reading
-from registry.db import Registry
-from gateway import coap
 
 FUZZ_DATAGRAMS = 20_000
 

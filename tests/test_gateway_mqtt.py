@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from testbed.broker import Broker, reserved_port
 from gateway import config
 from gateway.mqtt import MqttClient, MqttError, Will
 from gateway.publisher import tls_context
+from testbed.broker import Broker, reserved_port
 
 
 def _mosquitto(tmp_path, conf: str) -> Broker:

@@ -6,14 +6,13 @@ import json
 import subprocess
 import urllib.request
 
-
-from testbed.gwharness import Listener, Node, make_config, running
 from bench.harness import GatewayUnderTest, wait_until
-from testbed.nodesim import SimNode, reading
-from testbed.broker import Broker, free_port, reserved_port
-from registry.db import Registry
 from gateway import metrics
 from gateway.cli import main as gateway_main
+from registry.db import Registry
+from testbed.broker import Broker, free_port, reserved_port
+from testbed.gwharness import Listener, Node, make_config, running
+from testbed.nodesim import SimNode, reading
 
 REQUIRED_METRICS = (
     "gateway_frames_in_total", "gateway_frames_accepted_total", "gateway_frames_published_total",

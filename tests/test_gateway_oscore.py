@@ -7,10 +7,11 @@ import aiocoap
 import pytest
 from aiocoap import oscore as aio
 from aiocoap.message import Direction
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from testbed.nodesim import SimNode
 from gateway import coap, oscore
+from testbed.nodesim import SimNode
 
 
 class AiocoapClient(aio.CanProtect, aio.CanUnprotect, aio.SecurityContextUtils):

@@ -4,7 +4,8 @@ import json
 
 import cbor2
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import senml
 from gateway.errors import FrameError

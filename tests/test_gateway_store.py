@@ -7,8 +7,7 @@ import time
 import pytest
 
 from gateway.config import SpoolConfig
-from gateway.store import (Batch, GroupCommitter, Store, StoreError, pack_recent,
-                           unpack_recent)
+from gateway.store import Batch, GroupCommitter, Store, StoreError, pack_recent, unpack_recent
 
 
 def _row(store, kid=1, t=None, size=10):

@@ -6,10 +6,10 @@ import time
 
 import cbor2
 
+from gateway import coap, oscore
+from testbed.broker import Broker, reserved_port
 from testbed.gwharness import Listener, Node, make_config, running
 from testbed.nodesim import SimNode, reading
-from testbed.broker import Broker, reserved_port
-from gateway import coap, oscore
 
 
 async def test_a_reading_is_answered_with_the_time_and_published_once(tmp_path, broker,

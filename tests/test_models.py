@@ -9,12 +9,12 @@ from vboard.models.base import Nack
 from vboard.models.battery import Battery, open_circuit_v
 from vboard.models.bh1750 import BH1750
 from vboard.models.common import PULSE_TIMEOUT_IN_PULSE, PULSE_TIMEOUT_WAITING, UartTx
-from vboard.models.wiring import models_for, wire
 from vboard.models.ina219 import INA219
 from vboard.models.jsnsr04t import JSNSR04T, frame, speed_of_sound
 from vboard.models.lamp import Lamp
 from vboard.models.ld2410 import LD2410, command_frame
 from vboard.models.qmc5883l import QMC5883L
+from vboard.models.wiring import models_for, wire
 from vboard.world import World
 
 T0 = 1_750_000_000.0

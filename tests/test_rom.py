@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from boards.definitions import MB, board
-from boards.flash import FlashFile, PowerCut
+from vboard.flash import FlashFile, PowerCut
 from vboard.rom import SlipDecoder, serve_in_thread, slip_encode
 
 BOARD = board("esp32-devkitc")
@@ -532,8 +532,15 @@ def test_write_1_5_mb_timing(rom, flash: FlashFile, tmp_path: Path, no_stub: boo
 # --- esptool as a library (the fleet provisioning path) -----------------------------------------
 
 def test_esptool_python_api_provisioning_flow(rom, flash: FlashFile, events: Events) -> None:
-    from esptool.cmds import (attach_flash, detect_chip, erase_region, read_flash, run_stub,
-                              verify_flash, write_flash)
+    from esptool.cmds import (
+        attach_flash,
+        detect_chip,
+        erase_region,
+        read_flash,
+        run_stub,
+        verify_flash,
+        write_flash,
+    )
 
     app = random_bytes(40000, seed=10)
     with detect_chip("socket://127.0.0.1:%d" % rom.port, connect_mode="no-reset") as esp:

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from testbed.broker import free_port
 from boards.definitions import board
+from testbed.broker import free_port
 from vboard.board import VirtualBoard
 
 

@@ -16,11 +16,25 @@ from pathlib import Path
 
 import pytest
 
-from boards import flash as flashmod
+from boards.app_image import build_app_image, merged_image, read_app
 from boards.definitions import board as board_def
-from boards.flash import OTA_IMG_NEW, OTA_IMG_PENDING_VERIFY, OTA_IMG_VALID, read_otadata
-from vboard.hardware import (BoardHardware, SimClock, adc_reading, boot_partition,
-                             set_boot_partition)
+from boards.otadata import (
+    OTA_IMG_ABORTED,
+    OTA_IMG_NEW,
+    OTA_IMG_PENDING_VERIFY,
+    OTA_IMG_VALID,
+    otadata_partition,
+    read_otadata,
+    select_boot_partition,
+    write_otadata,
+)
+from boards.partition_table import (
+    PARTITION_TABLE_OFFSET,
+    build_partition_table,
+    read_partition_table,
+)
+from vboard.flash import FlashFile
+from vboard.hardware import BoardHardware, SimClock, adc_reading, boot_partition, set_boot_partition
 from vboard.models.base import Nack
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
@@ -199,10 +213,10 @@ class Rig:
 def make_flash(path: Path, board) -> None:
     """A flash file with the board's partition table and MicroPython v1.24.1 in the first app
     partition."""
-    f = flashmod.FlashFile(path, board.flash_size)
-    f.write(flashmod.PARTITION_TABLE_OFFSET, flashmod.build_partition_table(board.partitions))
+    f = FlashFile(path, board.flash_size)
+    f.write(PARTITION_TABLE_OFFSET, build_partition_table(board.partitions))
     app = next(p for p in board.partitions if p.type == "app")
-    f.write(app.offset, flashmod.build_app_image("micropython", "v1.24.1", date="Nov 29 2024"))
+    f.write(app.offset, build_app_image("micropython", "v1.24.1", date="Nov 29 2024"))
     f.close()
 
 
@@ -533,7 +547,7 @@ while True:
 
 
 def test_ota_update_writes_the_other_slot_and_switches_boot(rig):
-    image = flashmod.build_app_image("micropython", "v1.25.0", payload_size=6000)
+    image = build_app_image("micropython", "v1.25.0", payload_size=6000)
     lines = rig.run("""
 import sys
 from esp32 import Partition
@@ -575,15 +589,15 @@ emit("find", [p.info()[4] for p in Partition.find(Partition.TYPE_APP)],
 
     # on the host: otadata as ESP-IDF writes it, and the lead's bootloader agrees
     f = rig.hw.flash
-    parts = flashmod.read_partition_table(f)
+    parts = read_partition_table(f)
     entries = read_otadata(f, parts)
     # blank otadata: entry 0 gets seq 2 (slot (2 - 1) % 2 = ota_1), state NEW (rollback on)
     assert entries[0].seq == 2 and entries[0].state == OTA_IMG_NEW and entries[0].valid
     assert entries[1].seq == 0xFFFFFFFF
     assert boot_partition(f, parts).name == "ota_1"
     # the board core's bootloader agrees
-    assert flashmod.select_boot_partition(f, parts, commit=False)[0].name == "ota_1"
-    assert flashmod.read_app(f, next(p for p in parts if p.name == "ota_1")).version == "v1.25.0"
+    assert select_boot_partition(f, parts, commit=False)[0].name == "ota_1"
+    assert read_app(f, next(p for p in parts if p.name == "ota_1")).version == "v1.25.0"
 
 
 def test_ota_otadata_sequence_and_rollback_marking(tmp_path):
@@ -592,8 +606,8 @@ def test_ota_otadata_sequence_and_rollback_marking(tmp_path):
         f = rig.hw.flash
         board = rig.board
         app1 = next(p for p in board.partitions if p.name == "ota_1")
-        f.write(app1.offset, flashmod.build_app_image("micropython", "v1.25.0"))
-        parts = flashmod.read_partition_table(f)
+        f.write(app1.offset, build_app_image("micropython", "v1.25.0"))
+        parts = read_partition_table(f)
         set_boot_partition(f, "ota_1")                  # blank otadata: entry 0, seq 2
         e = read_otadata(f, parts)
         assert (e[0].seq, e[0].state) == (2, OTA_IMG_NEW) and e[1].seq == 0xFFFFFFFF
@@ -605,7 +619,7 @@ def test_ota_otadata_sequence_and_rollback_marking(tmp_path):
         set_boot_partition(f, "ota_1")                  # entry 0 again: seq 4 -> slot 1
         e = read_otadata(f, parts)
         assert e[0].seq == 4 and boot_partition(f, parts).name == "ota_1"
-        part, _why = flashmod.select_boot_partition(f, parts)     # the board core's bootloader
+        part, _why = select_boot_partition(f, parts)     # the board core's bootloader
         assert part.name == "ota_1"
         assert read_otadata(f, parts)[0].state == OTA_IMG_PENDING_VERIFY
         rig.call(lambda: rig.hw.next_boot("reset", app="ota_1"))
@@ -752,21 +766,21 @@ def test_adc_model_ranges():
 
 def test_an_app_never_confirmed_is_rolled_back_at_the_next_boot(tmp_path):
     board = board_def("esp32-devkitc-ota")
-    f = flashmod.FlashFile(tmp_path / "flash.bin", board.flash_size)
-    f.write(0x1000, flashmod.merged_image(board, flashmod.build_app_image("micropython",
+    f = FlashFile(tmp_path / "flash.bin", board.flash_size)
+    f.write(0x1000, merged_image(board, build_app_image("micropython",
                                                                           "v1.24.1")))
     app1 = next(p for p in board.partitions if p.name == "ota_1")
-    f.write(app1.offset, flashmod.build_app_image("micropython", "v1.25.0"))
-    parts = flashmod.read_partition_table(f)
+    f.write(app1.offset, build_app_image("micropython", "v1.25.0"))
+    parts = read_partition_table(f)
     set_boot_partition(f, "ota_0")                      # running ota_0, confirmed
     e = read_otadata(f, parts)[0]
     e.state = OTA_IMG_VALID
-    flashmod.write_otadata(f, flashmod.otadata_partition(parts), 0, e)
+    write_otadata(f, otadata_partition(parts), 0, e)
     set_boot_partition(f, "ota_1")                      # the update
-    assert flashmod.select_boot_partition(f, parts) == (app1, "new app, pending verification")
+    assert select_boot_partition(f, parts) == (app1, "new app, pending verification")
     # it crashed before marking itself valid: the next boot goes back to ota_0, for good
-    part, why = flashmod.select_boot_partition(f, parts)
+    part, why = select_boot_partition(f, parts)
     assert (part.name, why) == ("ota_0", "rollback: the new app was never confirmed")
-    assert flashmod.select_boot_partition(f, parts)[0].name == "ota_0"
-    assert [x.state for x in read_otadata(f, parts)] == [OTA_IMG_VALID, flashmod.OTA_IMG_ABORTED]
+    assert select_boot_partition(f, parts)[0].name == "ota_0"
+    assert [x.state for x in read_otadata(f, parts)] == [OTA_IMG_VALID, OTA_IMG_ABORTED]
     f.close()

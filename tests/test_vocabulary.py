@@ -7,8 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from vboard.vm import FIRMWARE, run_source
+from boards.nodeapp import FIRMWARE
 from protocol import vocabulary
+from vboard.vm import run_source
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 

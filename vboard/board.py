@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from boards import flash as flashmod
-from vboard.console import ConsoleServer, VmProcess
+from boards.app_image import IMAGE_MAGIC, read_app
 from boards.definitions import Board
-from boards.flash import FlashError, FlashFile
+from boards.errors import FlashError
+from boards.otadata import select_boot_partition
+from boards.partition_table import filesystem_partition, read_partition_table
+from vboard.console import ConsoleServer, VmProcess
+from vboard.flash import FlashFile
 from vboard.hardware import machine_name
 from vboard.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
@@ -255,15 +258,15 @@ class VirtualBoard:
 
     def _read_flash_for_boot(self) -> BootInfo:
         header = self.flash.read(0x1000, 4)
-        if header[0] != flashmod.IMAGE_MAGIC:
+        if header[0] != IMAGE_MAGIC:
             raise FlashError("invalid header: 0x%08x" % int.from_bytes(header, "little"))
-        parts = flashmod.read_partition_table(self.flash)
-        app_part, why = flashmod.select_boot_partition(self.flash, parts)
-        app = flashmod.read_app(self.flash, app_part)
+        parts = read_partition_table(self.flash)
+        app_part, why = select_boot_partition(self.flash, parts)
+        app = read_app(self.flash, app_part)
         if app.project != "micropython":
             raise FlashError("the app in %s is %r, not MicroPython: the virtual board runs "
                              "MicroPython firmware only" % (app_part.name, app.project))
-        fs = flashmod.filesystem_partition(parts)
+        fs = filesystem_partition(parts)
         self._app_offset = app_part.offset
         log.info("%s: booting MicroPython %s from %s (%s)", self.board_id, app.version,
                  app_part.name, why)

@@ -16,9 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
+from boards.definitions import BOARDS
+from boards.definitions import board as board_def
+from boards.errors import FlashError
+from vboard import flashimage
 from vboard import group as fleetrun
-from boards.definitions import BOARDS, board as board_def
-from boards.flash import FlashError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -64,7 +66,7 @@ def _run_fleet(spec: fleetrun.FleetSpec, *, echo: bool) -> int:
 
 def _cmd_mkflash(args: argparse.Namespace) -> int:
     try:
-        path = fleetrun.make_flash(board_def(args.board), Path(args.out),
+        path = flashimage.make_flash(board_def(args.board), Path(args.out),
                                    firmware=Path(args.firmware) if args.firmware else None,
                                    version=args.version,
                                    app_dir=Path(args.app_dir) if args.app_dir else None)
@@ -77,7 +79,7 @@ def _cmd_mkflash(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     try:
-        print(fleetrun.describe_flash(board_def(args.board), Path(args.flash)))
+        print(flashimage.describe_flash(board_def(args.board), Path(args.flash)))
     except (FlashError, OSError, KeyError) as exc:
         print("vboard: %s" % exc, file=sys.stderr)
         return 1

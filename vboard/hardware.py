@@ -51,13 +51,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from boards.app_image import AppInfo, read_app
+from boards.definitions import SECTOR, Board, Partition
+from boards.errors import FlashError
+from boards.otadata import (
+    OTA_IMG_NEW,
+    OTA_IMG_VALID,
+    active_otadata,
+    default_app,
+    ota_slots,
+    otadata_partition,
+    read_otadata,
+    write_otadata,
+)
+from boards.partition_table import read_partition_table
 from vboard.bus import BusError, BusHalt, BusServer, BusValueError
-from boards.definitions import Board, Partition
-from boards.flash import (OTA_IMG_NEW, OTA_IMG_VALID, SECTOR, AppInfo, FlashError, FlashFile,
-                          PowerCut, active_otadata, default_app, ota_slots, otadata_partition,
-                          read_app, read_otadata, read_partition_table, write_otadata)
-from vboard.models.base import (AnalogDevice, I2CDevice, Nack, PinDevice, PwmLoad,
-                                UartDevice)
+from vboard.flash import FlashFile, PowerCut
+from vboard.models.base import AnalogDevice, I2CDevice, Nack, PinDevice, PwmLoad, UartDevice
 
 # machine.reset_cause() values and wake reasons of the ESP32 port (ports/esp32/modmachine.c)
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5

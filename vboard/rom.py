@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
-from boards.definitions import MB, Board
-from boards.flash import SECTOR, FlashFile, PowerCut
+from boards.definitions import MB, SECTOR, Board
+from vboard.flash import FlashFile, PowerCut
 
 # What the ESP32's ROM prints at a reset (the ECO3 chips of current DevKitC modules): its
 # banner, then an "rst:" line per reset cause (the virtual board's boot path prints these too).
@@ -1006,7 +1006,7 @@ class _Rfc2217Port:
 
     def __init__(self, rom: RomBootloader, session: _Session,
                  writer: asyncio.StreamWriter) -> None:
-        from serial.rfc2217 import PortManager   # pyserial is esptool's dependency
+        from serial.rfc2217 import PortManager  # pyserial is esptool's dependency
 
         self.rom = rom
         self.session = session

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from boards.definitions import Board, board as board_definition
+from boards.definitions import Board
+from boards.definitions import board as board_definition
 from vboard.models.battery import Battery
 from vboard.models.bh1750 import BH1750
 from vboard.models.ina219 import INA219
