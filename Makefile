@@ -27,7 +27,7 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	@$(BIN)/python -m testbed.bed $(DEMO_ARGS)
+	@$(BIN)/python -m testbed.demo $(DEMO_ARGS)
 
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -16,9 +16,13 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet.errors import FleetError
+from fleet.errors import USAGE, FleetError
 from protocol.vocabulary import ROLES
 from registry.db import Registry, RegistryError, export_oscore, registry_url, shown_url
+
+# Exit statuses, the same for gateway, fleet and vboard: 1 the operation failed, 2 the command
+# line or a file it names is wrong (argparse's own status for a mistyped command line).
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 # Far above what a device reaches in its life at one frame a minute (2**20 frames = 2 years), so an
 # exported context and the device never share a nonce; see docs/protocol.md §5.
@@ -114,7 +118,7 @@ def _port_number(text: str) -> int:
     except ValueError:
         port = 0
     if not 0 < port < 65536:
-        raise FleetError("%r is not a port number" % text, "usage")
+        raise FleetError("%r is not a port number" % text, USAGE)
     return port
 
 
@@ -170,7 +174,7 @@ def _board(name: str):
     try:
         return board(name)
     except KeyError as exc:
-        raise FleetError(str(exc.args[0]), "usage") from None
+        raise FleetError(str(exc.args[0]), USAGE) from None
 
 
 def _cmd_ports(reg: Registry, args: argparse.Namespace) -> int:
@@ -198,7 +202,7 @@ def _settings(pairs: list[str]) -> dict:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise FleetError("--set %s: write KEY=VALUE (e.g. shaft.depth_mm=3000)" % pair,
-                             "usage")
+                             USAGE)
         try:
             value = json.loads(text)
         except ValueError:
@@ -206,7 +210,7 @@ def _settings(pairs: list[str]) -> dict:
         if key.split(".")[0] in OWN_KEYS:
             raise FleetError("--set %s: %s comes from the registry and the site profile, not "
                              "from --set (fleet site set, fleet device ...)"
-                             % (pair, key.split(".")[0]), "usage")
+                             % (pair, key.split(".")[0]), USAGE)
         node = out
         *path, last = key.split(".")
         for part in path:
@@ -268,7 +272,7 @@ def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
         distinct = False
     if not distinct:
         raise FleetError("--names %s: the pattern needs {n} (e.g. 'shaft-{n:02d}') so that "
-                         "each board gets its own name" % args.names, "usage")
+                         "each board gets its own name" % args.names, USAGE)
     options = _options(reg, args)
     target = Target(role=args.role, site=args.site, name_pattern=args.names, first=args.first)
     source = (batch.ports_in_folder(Path(args.ports_dir)) if args.ports_dir
@@ -517,15 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(reg, args)
     except (FleetError, RegistryError) as exc:
         print("fleet: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_USAGE if getattr(exc, "kind", "") == USAGE else EXIT_FAILED
     except SQLAlchemyError as exc:
         print("fleet: the registry %s cannot be used: %s"
               % (shown_url(url), str(exc).splitlines()[0]), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except ModuleNotFoundError as exc:      # the database's driver (psycopg, ...) is missing
         print("fleet: the registry %s needs the Python package %r: install it into this "
               "environment" % (shown_url(url), exc.name), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -35,3 +35,4 @@ NO_SITE = "no-site"                  # no site profile for the device's site
 CONNECTION_LOST = "connection-lost"  # the port went away in the middle of a session
 NO_BROKER = "no-broker"              # the site's MQTT broker cannot be reached
 CONSOLE = "console"                  # mpremote could not use the board's console
+USAGE = "usage"                      # the command line asks for something impossible

@@ -1,9 +1,9 @@
 """Fixtures for the hardware-in-the-loop suite: a broker for the session, a testbed per test.
 
-The boards here are virtual (the firmware on the MicroPython VM). With ``--bench FILE`` the
+The boards here are virtual (the firmware on the MicroPython VM). With ``--rack FILE`` the
 tests that take the ``dut`` or ``mp_dut`` fixture run on the first real board the file lists;
 the others need what only a virtual board has (a world model, fault injection, many boards)
-and are skipped then, so that a bench run never reports a virtual pass as a hardware one.
+and are skipped then, so that a rack run never reports a virtual pass as a hardware one.
 """
 
 from pathlib import Path
@@ -13,16 +13,18 @@ import pytest
 from boards.definitions import board as board_def
 from boards.nodeapp import FIRMWARE, app_dir_files
 from hil_tests import rack as duts
-from hil_tests.rack import VirtualDut, load_bench, mpremote, virtual_fleet
-from testbed.bed import PREFIX, MqttWatch, Testbed
+from hil_tests.rack import VirtualDut, load_rack, mpremote, virtual_boards
+from testbed.bed import Testbed
 from testbed.broker import Broker
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch
 from vboard.flashimage import make_flash
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench", metavar="FILE",
+    parser.addoption("--rack", "--bench", dest="rack", metavar="FILE",
                      help="run the HIL suite on the real boards this TOML file describes "
-                          "(default: virtual boards)")
+                          "(default: virtual boards; --bench is its older name)")
 
 
 @pytest.fixture(autouse=True)
@@ -31,32 +33,32 @@ def _echo_with_dash_s(pytestconfig):
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--bench"):
+    if not config.getoption("rack"):
         return
-    virtual_only = pytest.mark.skip(reason="needs virtual boards: not run against --bench")
+    virtual_only = pytest.mark.skip(reason="needs virtual boards: not run against --rack")
     for item in items:
         if not {"dut", "mp_dut"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(virtual_only)
 
 
-def _bench_board(request):
-    bench = request.config.getoption("--bench")
-    if not bench:
+def _rack_board(request):
+    rack = request.config.getoption("rack")
+    if not rack:
         return None
-    boards = load_bench(Path(bench))
+    boards = load_rack(Path(rack))
     if not boards:
-        pytest.skip("bench %s lists no boards" % bench)
+        pytest.skip("rack %s lists no boards" % rack)
     return boards[0]
 
 
 @pytest.fixture
 def dut(request, tmp_path):
-    """One device under test: a fresh virtual board (blank flash), or the bench's first board."""
-    real = _bench_board(request)
+    """One device under test: a fresh virtual board (blank flash), or the rack's first board."""
+    real = _rack_board(request)
     if real is not None:
         yield real
         return
-    with virtual_fleet(tmp_path) as fleet:
+    with virtual_boards(tmp_path) as fleet:
         yield VirtualDut(fleet, "board-00")
 
 
@@ -70,19 +72,19 @@ def micropython_flash(tmp_path):
 
 @pytest.fixture
 def mp_dut(request, tmp_path):
-    """A board running MicroPython at its REPL: a fresh virtual one, or the bench's first
+    """A board running MicroPython at its REPL: a fresh virtual one, or the rack's first
     board (flashed beforehand, e.g. with `fleet provision`)."""
-    real = _bench_board(request)
+    real = _rack_board(request)
     if real is not None:
         answer = mpremote(real.console_url, "eval", "1 + 1", timeout=30)
         if answer.stdout.strip() != "2":
-            pytest.fail("the bench board on %s does not answer at a MicroPython REPL (%s): "
+            pytest.fail("the rack board on %s does not answer at a MicroPython REPL (%s): "
                         "flash MicroPython first" % (real.console_url,
                                                      (answer.stderr or answer.stdout)[-200:]))
         yield real
         return
     template = request.getfixturevalue("micropython_flash")
-    with virtual_fleet(tmp_path / "boards", flash_template=template) as fleet:
+    with virtual_boards(tmp_path / "boards", flash_template=template) as fleet:
         dut = VirtualDut(fleet, "board-00")
         dut.wait_console(">>> ")
         yield dut
@@ -114,6 +116,6 @@ def mqtt(broker):
 def pytest_report_header(config):
     from testbed.broker import find_mosquitto
     found = find_mosquitto()
-    bench = config.getoption("--bench") or "virtual boards"
-    return ["hil_tests bench: %s" % bench,
+    rack = config.getoption("rack") or "virtual boards"
+    return ["hil_tests rack: %s" % rack,
             "mqtt broker for hil_tests: %s" % (found or "amqtt (mosquitto not installed)")]

@@ -1,18 +1,19 @@
-"""Devices under test for the hardware-in-the-loop suite: real boards on a bench, or virtual ones.
+"""Devices under test for the hardware-in-the-loop suite: real boards on a rack, or virtual ones.
 
 A test asks for capabilities (a console, a ROM port, power control, a world to stimulate), not
-for a concrete board; ``--bench FILE`` selects a rack of real boards, described in a small TOML
-file, and without it every test runs on virtual boards::
+for a concrete board; ``--rack FILE`` (its older name ``--bench`` works too) selects a rack of
+real boards, described in a small TOML file, and without it every test runs on virtual
+boards::
 
-    # benches/rack-1.toml
+    # racks/rack-1.toml
     [[board]]
     board = "esp32-devkitc"
     console = "/dev/ttyUSB0"           # or rfc2217://rack-1:4000; it must run MicroPython
     rom = "/dev/ttyUSB0"               # the same port: esptool resets it into the ROM
 
-A capability a bench does not have makes the test skip with the reason (a rack without a
+A capability a rack does not have makes the test skip with the reason (a rack without a
 power relay cannot cut power at the Nth flash write). The tests that take ``dut`` (any board)
-or ``mp_dut`` (a board running MicroPython) run on a bench; the others need many boards or a
+or ``mp_dut`` (a board running MicroPython) run on a rack; the others need many boards or a
 world model and are virtual only.
 """
 
@@ -29,8 +30,8 @@ import pytest
 
 from boards.definitions import Board
 from boards.definitions import board as board_def
-from testbed.boardthread import FleetThread
-from vboard import group as fleetrun
+from testbed.boardthread import GroupThread
+from vboard import group
 
 BIN = Path(sys.executable).parent      # the tools installed with the project (mpremote, esptool)
 
@@ -73,7 +74,7 @@ class Dut:
     def require(self, *caps: str) -> None:
         missing = [CAPABILITIES[c] for c in caps if c not in self.capabilities]
         if missing:
-            pytest.skip("this bench cannot %s" % ", ".join(missing))
+            pytest.skip("this rack cannot %s" % ", ".join(missing))
 
     def esptool(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Unmodified esptool on the ROM port; a real board is reset into the ROM through
@@ -88,7 +89,7 @@ class Dut:
 class VirtualDut(Dut):
     capabilities = frozenset(CAPABILITIES)
 
-    def __init__(self, fleet: FleetThread, board_id: str) -> None:
+    def __init__(self, fleet: GroupThread, board_id: str) -> None:
         self._fleet = fleet
         self.vboard = fleet.board(board_id)
         self.board = self.vboard.board
@@ -134,16 +135,16 @@ class RealDut(Dut):
         return frozenset({"console", "rom"} | tcp)
 
 
-def load_bench(path: Path) -> list[RealDut]:
+def load_rack(path: Path) -> list[RealDut]:
     data = tomllib.loads(path.read_text())
     return [RealDut(board_def(b["board"]), b["console"], b.get("rom", b["console"]))
             for b in data.get("board", [])]
 
 
-def virtual_fleet(workdir: Path, count: int = 1, *, board: str = "esp32-devkitc",
+def virtual_boards(workdir: Path, count: int = 1, *, board: str = "esp32-devkitc",
                   role: str | None = None, speed: float = 1.0, scenario: str | None = None,
-                  flash_template: Path | None = None) -> FleetThread:
-    """A FleetThread of ``count`` boards whose flash files live in ``workdir`` (blank chips,
+                  flash_template: Path | None = None) -> GroupThread:
+    """A GroupThread of ``count`` boards whose flash files live in ``workdir`` (blank chips,
     or copies of ``flash_template``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     specs = []
@@ -151,6 +152,6 @@ def virtual_fleet(workdir: Path, count: int = 1, *, board: str = "esp32-devkitc"
         flash = workdir / ("board-%02d.bin" % i)
         if flash_template is not None:
             flash.write_bytes(flash_template.read_bytes())
-        specs.append(fleetrun.BoardSpec(id="board-%02d" % i, board=board, flash=flash,
+        specs.append(group.BoardSpec(id="board-%02d" % i, board=board, flash=flash,
                                         role=role, serial=0x100 + i))
-    return FleetThread(fleetrun.FleetSpec(specs, speed=speed, scenario=scenario))
+    return GroupThread(group.GroupSpec(specs, speed=speed, scenario=scenario))

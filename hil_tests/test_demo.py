@@ -5,12 +5,12 @@ import sys
 
 import paho.mqtt.publish as publish
 
-from testbed.bed import MqttWatch
 from testbed.broker import Broker
+from testbed.mqttwatch import MqttWatch
 
 
 def test_demo_prints_live_readings_and_stops_cleanly():
-    proc = subprocess.run([sys.executable, "-m", "testbed.bed", "--seconds", "12",
+    proc = subprocess.run([sys.executable, "-m", "testbed.demo", "--seconds", "12",
                            "--interval", "2"], capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 
 from gateway import coap, oscore, senml
-from testbed.bed import GatewayProcess
+from testbed.gatewayproc import GatewayProcess
 from testbed.netem import UdpRelay
 from testbed.nodesim import SimNode
 

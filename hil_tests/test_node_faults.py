@@ -15,7 +15,9 @@ import pytest
 from fleet.appbuild import compile_module
 from hil_tests.rack import mpremote
 from testbed import bed as tb
-from testbed.bed import PREFIX, BoardNode, MqttWatch, records_of
+from testbed.bed import BoardNode
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch, records_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "one-of-each.toml"
 F_LIGHT, F_SONAR, F_SAFE, F_CRASHED = 0x0001, 0x0040, 0x0400, 0x1000

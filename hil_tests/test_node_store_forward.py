@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from testbed import bed as tb
-from testbed.bed import PREFIX, BoardNode, MqttWatch, records_of
+from testbed.bed import BoardNode
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch, records_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "outage.toml"
 SPEED = 60

@@ -26,9 +26,9 @@ from boards.definitions import BOARDS, MB, Partition
 from boards.definitions import board as board_def
 from fleet.cli import main as fleet_main
 from fleet.firmware import add_to_cache
-from hil_tests.rack import VirtualDut, show, virtual_fleet
+from hil_tests.rack import VirtualDut, show, virtual_boards
 from registry.db import Registry
-from testbed.bed import PREFIX
+from testbed.gatewayproc import PREFIX
 from vboard.flash import FlashFile
 from vboard.rom import serve_in_thread, slip_encode
 
@@ -61,7 +61,7 @@ def site(testbed, broker):
 
 @pytest.fixture
 def boards(tmp_path):
-    with virtual_fleet(tmp_path / "boards", 3, role="shaft") as fleet:
+    with virtual_boards(tmp_path / "boards", 3, role="shaft") as fleet:
         duts = [VirtualDut(fleet, "board-%02d" % i) for i in range(3)]
         for dut in duts:      # the water stands still: the sonar sees the same distance
             dut.world.set_value(dut.vboard.board_id, "distance_mm", DIST_MM)

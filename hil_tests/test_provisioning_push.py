@@ -14,7 +14,7 @@ from boards.nodeapp import FIRMWARE
 from fleet.appbuild import build_app
 from fleet.cli import main as fleet_main
 from fleet.nodeconfig import SiteProfile, node_config_bytes
-from hil_tests.rack import VirtualDut, mpremote, show, virtual_fleet
+from hil_tests.rack import VirtualDut, mpremote, show, virtual_boards
 from registry.db import Registry
 from vboard.flashimage import make_flash
 
@@ -39,7 +39,7 @@ def running_node(tmp_path, app_source):
     files["config.json"] = node_config_bytes(device, SiteProfile("127.0.0.1", 9),
                                              interval_s=5)
     template = make_flash(BOARD, tmp_path / "node.bin", files=files)
-    with virtual_fleet(tmp_path / "boards", role="shaft", flash_template=template) as fleet:
+    with virtual_boards(tmp_path / "boards", role="shaft", flash_template=template) as fleet:
         dut = VirtualDut(fleet, "board-00")
         dut.wait_console("node shaft-01 (shaft, site north)")
         yield dut
@@ -81,7 +81,7 @@ def test_push_sends_what_changed_removes_stale_modules_and_restarts_the_node(
 
 
 def test_push_to_a_board_without_micropython_says_so(capsys, tmp_path):
-    with virtual_fleet(tmp_path / "boards") as fleet:   # a blank board: no prompt, ever
+    with virtual_boards(tmp_path / "boards") as fleet:   # a blank board: no prompt, ever
         dut = VirtualDut(fleet, "board-00")
         code, _, err = push(capsys, dut.console_url, "--console-timeout", "2")
     assert code == 1

@@ -14,7 +14,9 @@ import paho.mqtt.publish as publish
 import pytest
 
 from testbed import bed as tb
-from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of, records_of
+from testbed.bed import BoardNode, heap_reports
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch, outcomes_of, records_of
 
 SCENARIO = Path(__file__).parent / "scenarios" / "street-night.toml"
 SPEED = 10

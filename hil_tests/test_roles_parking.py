@@ -11,7 +11,9 @@ import paho.mqtt.publish as publish
 import pytest
 
 from testbed import bed as tb
-from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, outcomes_of
+from testbed.bed import BoardNode, heap_reports
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch, outcomes_of
 from vboard.scenarios import Scenario
 
 SCENARIO = Path(__file__).parent / "scenarios" / "bays.toml"

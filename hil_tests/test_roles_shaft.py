@@ -18,7 +18,9 @@ from gateway import coap, oscore
 from gateway.oscore import SecurityContext
 from registry.db import Registry
 from testbed import bed as tb
-from testbed.bed import PREFIX, BoardNode, MqttWatch, heap_reports, records_of
+from testbed.bed import BoardNode, heap_reports
+from testbed.gatewayproc import PREFIX
+from testbed.mqttwatch import MqttWatch, records_of
 from testbed.netem import UdpRelay
 
 SCENARIO = Path(__file__).parent / "scenarios" / "shafts.toml"

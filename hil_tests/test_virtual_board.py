@@ -10,7 +10,7 @@ from boards.app_image import build_app_image, merged_image
 from boards.definitions import board as board_def
 from boards.fsimage import build_littlefs
 from boards.partition_table import parse_partition_table
-from hil_tests.rack import BIN, VirtualDut, mpremote, virtual_fleet
+from hil_tests.rack import BIN, VirtualDut, mpremote, virtual_boards
 from vboard.flashimage import make_flash
 
 BOARD = board_def("esp32-devkitc")
@@ -169,7 +169,7 @@ def test_deep_sleep_wakes_with_rtc_memory_and_the_clock_moved_on(tmp_path):
                        b"print('slept twice')\n")}
     template = make_flash(BOARD, tmp_path / "sleep.bin", files=app)
     started = time.monotonic()
-    with virtual_fleet(tmp_path / "b", flash_template=template, speed=300) as fleet:
+    with virtual_boards(tmp_path / "b", flash_template=template, speed=300) as fleet:
         dut = VirtualDut(fleet, "board-00")
         out = dut.wait_console("slept twice", timeout=30)   # the wake 3 line is whole
     wall = time.monotonic() - started
@@ -182,7 +182,7 @@ def test_deep_sleep_wakes_with_rtc_memory_and_the_clock_moved_on(tmp_path):
 
 def test_sensor_model_answers_the_real_driver_and_goes_missing_when_unplugged(tmp_path,
                                                                             micropython_flash):
-    with virtual_fleet(tmp_path / "b", role="lighting", flash_template=micropython_flash) as fleet:
+    with virtual_boards(tmp_path / "b", role="lighting", flash_template=micropython_flash) as fleet:
         dut = VirtualDut(fleet, "board-00")
         dut.wait_console(">>> ")
         dut.world.set_value("board-00", "lux", 250.0)
@@ -218,7 +218,7 @@ def _prompt(port):
 
 def test_fifty_boards_start_and_answer_on_their_consoles(tmp_path, micropython_flash):
     started = time.monotonic()
-    with virtual_fleet(tmp_path / "fleet", 50, flash_template=micropython_flash) as fleet:
+    with virtual_boards(tmp_path / "fleet", 50, flash_template=micropython_flash) as fleet:
         boot_s = time.monotonic() - started
         ports = [b.console_port for b in fleet.fleet.boards]
         assert len(set(ports)) == 50
@@ -242,7 +242,7 @@ def test_ctrl_c_stops_the_firmware_at_a_safe_point_and_the_repl_answers(tmp_path
     # Raised there (by a signal), it would leave the VM's heap locked and the REPL dead.
     monkeypatch.setenv("HOME", str(tmp_path))    # the REPL's history file is not the host's
     template = make_flash(BOARD, tmp_path / "churn.bin", files={"main.py": CHURN})
-    with virtual_fleet(tmp_path / "b", flash_template=template) as fleet:
+    with virtual_boards(tmp_path / "b", flash_template=template) as fleet:
         dut = VirtualDut(fleet, "board-00")
         for i in range(1, 6):
             deadline = time.monotonic() + 20

@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Awaitable, Callable
 
-from vboard import group as fleetrun
+from vboard import group
 
 
 class LoopThread:
@@ -34,17 +34,17 @@ class LoopThread:
         self.loop.close()
 
 
-class FleetThread:
-    """``with FleetThread(spec) as fleet:`` boards running until the block ends."""
+class GroupThread:
+    """``with GroupThread(spec) as fleet:`` boards running until the block ends."""
 
-    def __init__(self, spec: fleetrun.FleetSpec) -> None:
+    def __init__(self, spec: group.GroupSpec) -> None:
         self.spec = spec
         self.runner = LoopThread()
-        self.fleet: fleetrun.Fleet | None = None
+        self.fleet: group.BoardGroup | None = None
 
-    def __enter__(self) -> "FleetThread":
+    def __enter__(self) -> "GroupThread":
         try:
-            self.fleet = self.runner.call(fleetrun.start_fleet(self.spec), timeout=120)
+            self.fleet = self.runner.call(group.start_group(self.spec), timeout=120)
         except BaseException:
             self.runner.close()
             raise

@@ -1,7 +1,7 @@
 """`vboard`: run virtual ESP32 boards, build and inspect their flash files.
 
     vboard run --board esp32-devkitc --flash node.bin --console-port 7000 --rom-port 7001
-    vboard fleet fleet.toml                # many boards from a short description
+    vboard group boards.toml               # many boards from a short description
     vboard mkflash --board esp32-devkitc --out node.bin --app-dir firmware/
     vboard info --board esp32-devkitc --flash node.bin
     vboard pty 7000 --link /tmp/vboard0    # then: mpremote connect /tmp/vboard0 repl
@@ -19,45 +19,49 @@ from pathlib import Path
 from boards.definitions import BOARDS
 from boards.definitions import board as board_def
 from boards.errors import FlashError
-from vboard import flashimage
-from vboard import group as fleetrun
+from protocol.vocabulary import ROLES
+from vboard import flashimage, group
+
+# Exit statuses, the same for gateway, fleet and vboard: 1 the operation failed, 2 the command
+# line or a file it names is wrong (argparse's own status for a mistyped command line).
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    spec = fleetrun.BoardSpec(id=args.id, board=args.board, flash=Path(args.flash),
-                              role=args.role, console_port=args.console_port,
-                              rom_port=args.rom_port, serial=args.serial)
-    return _run_fleet(fleetrun.FleetSpec([spec], speed=args.speed, scenario=args.scenario,
-                                         seed=args.seed), echo=args.echo)
+    spec = group.BoardSpec(id=args.id, board=args.board, flash=Path(args.flash),
+                           role=args.role, console_port=args.console_port,
+                           rom_port=args.rom_port, serial=args.serial)
+    return _run_group(group.GroupSpec([spec], speed=args.speed, scenario=args.scenario,
+                                      seed=args.seed), echo=args.echo)
 
 
-def _cmd_fleet(args: argparse.Namespace) -> int:
+def _cmd_group(args: argparse.Namespace) -> int:
     try:
-        spec = fleetrun.load_fleet(Path(args.file))
-    except (OSError, ValueError, KeyError) as exc:
-        print("vboard: %s: %s" % (args.file, exc), file=sys.stderr)
-        return 2
-    return _run_fleet(spec, echo=False)
+        spec = group.load_group(Path(args.file))
+    except group.GroupFileError as exc:
+        print("vboard: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
+    return _run_group(spec, echo=False)
 
 
-def _run_fleet(spec: fleetrun.FleetSpec, *, echo: bool) -> int:
+def _run_group(spec: group.GroupSpec, *, echo: bool) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            fleet = await fleetrun.start_fleet(spec, echo=echo)
+            boards = await group.start_group(spec, echo=echo)
         except (FlashError, OSError, KeyError, ValueError) as exc:
             print("vboard: %s" % exc, file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         try:
-            print(fleet.table(), flush=True)
-            print("running %d board(s); Ctrl-C or SIGTERM stops them" % len(fleet.boards),
+            print(boards.table(), flush=True)
+            print("running %d board(s); Ctrl-C or SIGTERM stops them" % len(boards.boards),
                   flush=True)
             await stop.wait()
         finally:
-            await fleet.stop()
+            await boards.stop()
         print("stopped", flush=True)
         return 0
 
@@ -67,12 +71,12 @@ def _run_fleet(spec: fleetrun.FleetSpec, *, echo: bool) -> int:
 def _cmd_mkflash(args: argparse.Namespace) -> int:
     try:
         path = flashimage.make_flash(board_def(args.board), Path(args.out),
-                                   firmware=Path(args.firmware) if args.firmware else None,
-                                   version=args.version,
-                                   app_dir=Path(args.app_dir) if args.app_dir else None)
-    except (FlashError, OSError, KeyError, ValueError) as exc:
+                                     firmware=Path(args.firmware) if args.firmware else None,
+                                     version=args.version,
+                                     app_dir=Path(args.app_dir) if args.app_dir else None)
+    except (FlashError, OSError, ValueError) as exc:
         print("vboard: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print("wrote %s" % path)
     return 0
 
@@ -80,9 +84,9 @@ def _cmd_mkflash(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     try:
         print(flashimage.describe_flash(board_def(args.board), Path(args.flash)))
-    except (FlashError, OSError, KeyError) as exc:
+    except (FlashError, OSError) as exc:
         print("vboard: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 
@@ -93,7 +97,7 @@ def _cmd_pty(args: argparse.Namespace) -> int:
         return asyncio.run(bridge(args.host, args.port, Path(args.link) if args.link else None))
     except OSError as exc:
         print("vboard: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     boards = ", ".join(sorted(BOARDS))
 
     run = sub.add_parser("run", help="run one board in the foreground until SIGINT/SIGTERM")
-    run.add_argument("--board", required=True, help="board definition (%s)" % boards)
+    run.add_argument("--board", required=True, choices=sorted(BOARDS), metavar="BOARD",
+                     help="board definition (%s)" % boards)
     run.add_argument("--flash", required=True,
                      help="flash file (created blank, as a new chip, when missing)")
     run.add_argument("--console-port", type=int, default=0,
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rom-port", type=int, default=0,
                      help="TCP port of the ROM bootloader (esptool --port socket://...)")
     run.add_argument("--id", default="vboard", help="board id used by the world model")
-    run.add_argument("--role", choices=("lighting", "parking", "shaft"),
+    run.add_argument("--role", choices=ROLES,
                      help="wire the sensors of this node role to the board")
     run.add_argument("--scenario", help="world scenario file (TOML)")
     run.add_argument("--speed", type=float, default=1.0,
@@ -121,13 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--echo", action="store_true", help="copy the console output to stdout")
     run.set_defaults(func=_cmd_run)
 
-    fleet = sub.add_parser("fleet", help="run the boards a fleet file describes")
-    fleet.add_argument("file", help="TOML: [fleet] defaults and [[board]] entries")
-    fleet.set_defaults(func=_cmd_fleet)
+    grp = sub.add_parser("group", aliases=["fleet"],
+                         help="run the boards a group file describes (alias: fleet)")
+    grp.add_argument("file", help="TOML: [group] defaults and [[board]] entries")
+    grp.set_defaults(func=_cmd_group)
 
     mk = sub.add_parser("mkflash", help="build a flash file: bootloader, partition table, "
                                         "MicroPython app image, and a littlefs filesystem")
-    mk.add_argument("--board", required=True, help="board definition (%s)" % boards)
+    mk.add_argument("--board", required=True, choices=sorted(BOARDS), metavar="BOARD",
+                    help="board definition (%s)" % boards)
     mk.add_argument("--out", required=True, help="flash file to write")
     mk.add_argument("--firmware", help="a MicroPython .bin for the app partition (the app "
                                        "image, or a merged image for offset 0x1000)")
@@ -144,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pty.set_defaults(func=_cmd_pty)
 
     info = sub.add_parser("info", help="what a flash file holds (as the bootloader sees it)")
-    info.add_argument("--board", required=True)
+    info.add_argument("--board", required=True, choices=sorted(BOARDS), metavar="BOARD",
+                      help="board definition (%s)" % boards)
     info.add_argument("--flash", required=True)
     info.set_defaults(func=_cmd_info)
     return parser

@@ -1,8 +1,8 @@
-"""Running virtual boards: one or a fleet in one asyncio loop, from a short description.
+"""Running virtual boards: one or a group in one asyncio loop, from a short description.
 
-A fleet file (TOML)::
+A group file (TOML), read strictly (a misspelt key is an error, not a default)::
 
-    [fleet]
+    [group]
     board = "esp32-devkitc"     # defaults for every board
     dir = "vboards"             # flash files live here (<id>.bin), created blank when missing
     speed = 1.0                 # simulated seconds per wall second
@@ -18,16 +18,30 @@ A fleet file (TOML)::
     id = "shaft-01"
     role = "shaft"
     flash = "shaft-01.bin"      # per-board overrides
+
+Files written before the group had its name say ``[fleet]`` for ``[group]``: still read.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from boards.definitions import BOARDS
 from boards.definitions import board as board_def
+from protocol.vocabulary import ROLES
 from vboard.board import VirtualBoard
+from vboard.errors import VBoardError
+
+_GROUP_KEYS = {"board": str, "dir": str, "speed": (int, float), "scenario": str, "seed": int,
+               "console_port": int, "rom_port": int, "role": str}
+_BOARD_KEYS = {"id": str, "board": str, "flash": str, "role": str, "console_port": int,
+               "rom_port": int, "serial": int}
+
+
+class GroupFileError(VBoardError):
+    """A group file that cannot be read as it is; the message names the file and the key."""
 
 
 @dataclass
@@ -42,42 +56,74 @@ class BoardSpec:
 
 
 @dataclass
-class FleetSpec:
+class GroupSpec:
     boards: list[BoardSpec]
     speed: float = 1.0
     scenario: str | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
-def load_fleet(path: Path) -> FleetSpec:
-    data = tomllib.loads(path.read_text())
-    defaults = data.get("fleet", {})
+def _checked(table: dict, known: dict, where: str) -> dict:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise GroupFileError("%s: unknown key(s) %s (known: %s)"
+                             % (where, ", ".join(unknown), ", ".join(sorted(known))))
+    for key, value in table.items():
+        kinds = known[key]
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise GroupFileError("%s: %s = %r is not a%s" % (
+                where, key, value, " text" if kinds is str else " number"))
+    if table.get("board") is not None and table["board"] not in BOARDS:
+        raise GroupFileError("%s: board %r is not a board definition (known: %s)"
+                             % (where, table["board"], ", ".join(sorted(BOARDS))))
+    if table.get("role") is not None and table["role"] not in ROLES:
+        raise GroupFileError("%s: role %r is not one of %s" % (where, table["role"],
+                                                               ", ".join(ROLES)))
+    return table
+
+
+def load_group(path: Path) -> GroupSpec:
+    """Read a group file; GroupFileError says what is wrong with it."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise GroupFileError("%s: %s" % (path, exc.strerror)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GroupFileError("%s: not valid TOML: %s" % (path, exc)) from None
+    unknown = sorted(set(data) - {"group", "fleet", "board"})
+    if unknown or ("group" in data and "fleet" in data):
+        raise GroupFileError("%s: a group file has one [group] table and [[board]] entries, "
+                             "not %s" % (path, ", ".join(unknown) or "[group] and [fleet]"))
+    defaults = _checked(data.get("group", data.get("fleet", {})), _GROUP_KEYS,
+                        "%s [group]" % path)
     base = path.parent / defaults.get("dir", ".")
-    console = int(defaults.get("console_port", 0))
-    rom = int(defaults.get("rom_port", 0))
+    console = defaults.get("console_port", 0)
+    rom = defaults.get("rom_port", 0)
     specs = []
     for i, entry in enumerate(data.get("board", [])):
+        entry = _checked(entry, _BOARD_KEYS, "%s [[board]] #%d" % (path, i + 1))
+        if "id" not in entry:
+            raise GroupFileError("%s [[board]] #%d: it needs an id" % (path, i + 1))
         board_id = entry["id"]
         specs.append(BoardSpec(
             id=board_id,
             board=entry.get("board", defaults.get("board", "esp32-devkitc")),
             flash=base / entry.get("flash", board_id + ".bin"),
             role=entry.get("role", defaults.get("role")),
-            console_port=int(entry.get("console_port", console + i if console else 0)),
-            rom_port=int(entry.get("rom_port", rom + i if rom else 0)),
-            serial=int(entry.get("serial", i + 1)),
+            console_port=entry.get("console_port", console + i if console else 0),
+            rom_port=entry.get("rom_port", rom + i if rom else 0),
+            serial=entry.get("serial", i + 1),
         ))
     if not specs:
-        raise ValueError("no [[board]] entries")
+        raise GroupFileError("%s: no [[board]] entries" % path)
     scenario = defaults.get("scenario")
     if scenario:
         scenario = str(path.parent / scenario)
-    return FleetSpec(specs, speed=float(defaults.get("speed", 1.0)), scenario=scenario,
-                     seed=int(defaults.get("seed", 0)))
+    return GroupSpec(specs, speed=float(defaults.get("speed", 1.0)), scenario=scenario,
+                     seed=defaults.get("seed", 0))
 
 
-class Fleet:
+class BoardGroup:
     def __init__(self, boards: list[VirtualBoard], specs: list[BoardSpec], world) -> None:
         self.boards = boards
         self.specs = specs
@@ -101,7 +147,7 @@ class Fleet:
             await b.stop()
 
 
-def _world(spec: FleetSpec):
+def _world(spec: GroupSpec):
     from vboard.world import World
 
     world = World(speed=spec.speed, seed=spec.seed)
@@ -123,7 +169,7 @@ def _hardware_factory(spec: BoardSpec, world):
     return make
 
 
-async def start_fleet(spec: FleetSpec, *, echo: bool = False) -> Fleet:
+async def start_group(spec: GroupSpec, *, echo: bool = False) -> BoardGroup:
     world = _world(spec)
     boards = []
     try:
@@ -139,7 +185,7 @@ async def start_fleet(spec: FleetSpec, *, echo: bool = False) -> Fleet:
         for vb in boards:
             await vb.stop()
         raise
-    return Fleet(boards, spec.boards, world)
+    return BoardGroup(boards, spec.boards, world)
 
 
 def _echo(data: bytes) -> None:

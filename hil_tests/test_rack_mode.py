@@ -1,4 +1,4 @@
-"""`--bench FILE` runs the suite's board tests on a board known only by its ports, as on a rack
+"""`--rack FILE` runs the suite's board tests on a board known only by its ports, as on a rack
 of real boards. A virtual board stands in here, reached through its console and ROM URLs alone:
 the tests that need more than a rack offers skip with the reason, the others pass."""
 
@@ -7,7 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hil_tests.rack import VirtualDut, virtual_fleet
+from hil_tests.rack import VirtualDut, virtual_boards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,18 +25,18 @@ def _outcomes(report: Path) -> dict[str, str]:
     return out
 
 
-def test_the_board_tests_run_on_a_bench_board_known_only_by_its_ports(tmp_path,
+def test_the_board_tests_run_on_a_rack_board_known_only_by_its_ports(tmp_path,
                                                                       micropython_flash):
-    with virtual_fleet(tmp_path / "rack", flash_template=micropython_flash) as fleet:
+    with virtual_boards(tmp_path / "rack", flash_template=micropython_flash) as fleet:
         VirtualDut(fleet, "board-00").wait_console(">>> ")
         board = fleet.board("board-00")
-        bench = tmp_path / "rack.toml"
-        bench.write_text('[[board]]\nboard = "esp32-devkitc"\n'
+        rack = tmp_path / "rack.toml"
+        rack.write_text('[[board]]\nboard = "esp32-devkitc"\n'
                          'console = "socket://127.0.0.1:%d"\nrom = "socket://127.0.0.1:%d"\n'
                          % (board.console_port, board.rom_port))
         report = tmp_path / "report.xml"
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              "hil_tests/test_virtual_board.py", "--bench", str(bench),
+                              "hil_tests/test_virtual_board.py", "--rack", str(rack),
                               "--junitxml", str(report)],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -48,8 +48,8 @@ def test_the_board_tests_run_on_a_bench_board_known_only_by_its_ports(tmp_path,
         "test_mpremote_copies_a_file_runs_it_and_manages_the_filesystem",
     ], outcomes
     assert outcomes["test_allocating_past_the_heap_budget_raises_memory_error"] == \
-        "skipped: this bench cannot look inside the VM that runs the firmware"
+        "skipped: this rack cannot look inside the VM that runs the firmware"
     assert outcomes["test_blank_chip_prints_the_rom_messages_and_nothing_else"] == \
-        "skipped: this bench cannot read and write the flash as a file"
+        "skipped: this rack cannot read and write the flash as a file"
     assert outcomes["test_fifty_boards_start_and_answer_on_their_consoles"] == \
-        "skipped: needs virtual boards: not run against --bench"
+        "skipped: needs virtual boards: not run against --rack"
