@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean system-packages
+.PHONY: test lint demo bench venv clean system-packages
 
 venv: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 system-packages:
 	@bash .ci/system-packages
 
-test: $(STAMP) system-packages
+# The layers (docs/architecture.md, contracts in pyproject.toml) and ruff's rule set.
+lint: $(STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/lint-imports --no-cache
+
+test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

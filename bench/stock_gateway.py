@@ -4,9 +4,9 @@
 
 aiocoap's ``OscoreSiteWrapper`` verifies each request; the one concession to scale is a
 credential source indexed by key id (stock ``CredentialsMap`` scans every context, about 350
-requests/s at 10,000 devices, as a prototype measured). Each reading is decoded with the gateway's own
-``senml`` and published with aiomqtt at QoS 1, and the node gets 2.04 once the broker's PUBACK
-arrived. There is no spool: this baseline does less than the gateway, not more.
+requests/s at 10,000 devices, as a prototype measured). Each reading is decoded with the
+gateway's own ``senml`` and published with aiomqtt at QoS 1, and the node gets 2.04 once the
+broker's PUBACK arrived. There is no spool: this baseline does less than the gateway, not more.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class _ChipBlocks(UserContext):
     """A read-only littlefs block device over the chip's flash."""
 
     def __init__(self, flash, part: Partition) -> None:
-        self._flash = flash            # anything with read(offset, length): fleet.firmware.ChipFlash
+        self._flash = flash     # anything with read(offset, length): fleet.firmware.ChipFlash
         self._part = part
         self.blocks_read = 0
 

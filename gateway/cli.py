@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(describe(args.config, cfg))
         return 0
-    logs.setup(cfg.log_level, cfg.log_format, [cfg.mqtt.password or "", cfg.registry.password or ""])
+    logs.setup(cfg.log_level, cfg.log_format,
+               [cfg.mqtt.password or "", cfg.registry.password or ""])
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         asyncio.run(_run(cfg))

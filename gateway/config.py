@@ -218,7 +218,8 @@ def _registry_url(url: str, where: str) -> str:
         make_url(url)
     except Exception:       # sqlalchemy's ArgumentError, ValueError for a bad port
         raise ConfigError("%s: [registry] url must be an SQLAlchemy URL such as "
-                          "sqlite:////var/lib/citytestbed/fleet.db, not %r" % (where, url)) from None
+                          "sqlite:////var/lib/citytestbed/fleet.db, not %r"
+                          % (where, url)) from None
     return url
 
 
@@ -242,7 +243,7 @@ def _mqtt(data: dict, where: str) -> MqttConfig:
         raise ConfigError("%s: [mqtt] url must look like mqtt://host:port (or mqtts://host:port "
                           "for TLS), not %r" % (where, url))
     try:
-        parts.port
+        _ = parts.port      # urlsplit checks the port only when it is read
     except ValueError:
         raise ConfigError("%s: [mqtt] url has an invalid port: %r" % (where, url)) from None
     if parts.username is not None or parts.password is not None:

@@ -362,9 +362,7 @@ class Gateway:
             tick += 1
             try:
                 now = time.time()
-                contexts = self.contexts
-                if self.downlink.pending and self.downlink.expire(
-                        now, lambda d: contexts.by_id[d].info if d in contexts.by_id else None):
+                if self.downlink.pending and self.downlink.expire(now, self._device_info):
                     self.committer.kick(urgent=False)
                 if self.observations.by_device:
                     self.observations.refresh()
@@ -374,6 +372,10 @@ class Gateway:
                     await self._refresh_registry(full=tick % 600 == 0)
             except Exception:
                 log.exception("housekeeping failed; continuing")
+
+    def _device_info(self, device: str) -> DeviceInfo | None:
+        ctx = self.contexts.by_id.get(device)
+        return ctx.info if ctx is not None else None
 
     async def _trim_spool(self, now: float) -> None:
         store = self.store

@@ -128,7 +128,8 @@ def test_a_busy_port_is_told_apart_from_a_silent_one(rom):
     silent.listen()
     try:
         where = "socket://127.0.0.1:%d" % silent.getsockname()[1]
-        with pytest.raises(FleetError, match="no ESP chip answered on %s: hold BOOT" % where) as exc:
+        message = "no ESP chip answered on %s: hold BOOT" % where
+        with pytest.raises(FleetError, match=message) as exc:
             with open_chip(where, connect_attempts=1):
                 pass
         assert exc.value.kind == NO_ANSWER

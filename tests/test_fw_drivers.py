@@ -670,7 +670,7 @@ emit("full", lamp.level_pct, ina.power_mw(), ina.current_ma(), ina.bus_mv())
     assert 2000 <= done_ms <= 2300
     during = [s for s in samples if s[0] < 2000]
     assert len(during) >= 8
-    for (t0, l0, p0), (t1, l1, p1) in zip(samples, samples[1:]):
+    for (_, l0, p0), (_, l1, p1) in zip(samples, samples[1:]):
         assert l1 >= l0 and p1 >= p0 - 60                       # rising all the way
     for t_ms, level, power in during:
         assert abs(level - 100 * t_ms / 2000) <= 6              # linear in time

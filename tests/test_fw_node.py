@@ -62,7 +62,8 @@ for case in CASES:
         f.write(json.dumps(case))
     try:
         c = config.load()
-        emit([None, c.max_retransmit, c.settings["alarm_mm"], c.settings["mode"], c.pins["sonar_trig"]])
+        emit([None, c.max_retransmit, c.settings["alarm_mm"], c.settings["mode"],
+              c.pins["sonar_trig"]])
     except config.ConfigError as e:
         emit([e.code])
 with open("config.json", "w") as f:

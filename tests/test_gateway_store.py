@@ -17,7 +17,8 @@ def _row(store, kid=1, t=None, size=10):
 def test_everything_in_a_batch_is_durable_together(tmp_path):
     store = Store(tmp_path / "gw.sqlite", SpoolConfig())
     store.open()
-    batch = Batch(rows=[_row(store), _row(store)], replay={7: (100, 5, pack_recent([(100, 3, 9)]), b"key-fp-7")},
+    batch = Batch(rows=[_row(store), _row(store)],
+                  replay={7: (100, 5, pack_recent([(100, 3, 9)]), b"key-fp-7")},
                   marks={7: 64}, commands=[("dev", 1, "reboot", "{}", None, 1.0, 2.0, None)],
                   command_ids={"dev": 1})
     store.commit(batch)

@@ -438,13 +438,14 @@ class BoardHardware:
     def next_boot(self, cause: str, *, app: str | None = None, wake: int | None = None) -> None:
         """Prepare the next VM after ``cause`` ("poweron", "powercut", "brownout", "reset",
         "wdt", "deepsleep", "soft_reset" or "soft"). The board core plays the second-stage
-        bootloader (boards/flash.py select_boot_partition); ``app`` is the label of the app
+        bootloader (boards/otadata.py select_boot_partition); ``app`` is the label of the app
         partition it loaded. Without it, the partition the OTA data selects now
         (esp_ota_get_boot_partition) is taken as running, at the next vm_environment()."""
         try:
             reset_cause, power_lost = _CAUSES[cause]
         except KeyError:
-            raise ValueError("unknown boot cause %r; one of %s" % (cause, ", ".join(_CAUSES)))
+            raise ValueError("unknown boot cause %r; one of %s"
+                             % (cause, ", ".join(_CAUSES))) from None
         soft = reset_cause == SOFT_RESET
         self.reset_cause = reset_cause
         self.wake_reason = (wake if wake is not None else TIMER_WAKE) \

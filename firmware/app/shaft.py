@@ -67,7 +67,7 @@ class Shaft(BatteryRole):
         self.sonar = None
         self.standin = None
         standin = node.cfg.raw.get("standin")
-        if isinstance(standin, dict):                  # a host runner without a sonar (docs/firmware.md)
+        if isinstance(standin, dict):      # a host runner without a sonar (docs/firmware.md)
             from app.standin import StandInDistance
             self.standin = StandInDistance(standin)
 

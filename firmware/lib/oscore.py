@@ -334,8 +334,9 @@ class SecureClient:
     4.01 "Replay detected" makes the sequence number jump by REPLAY_JUMP (persisted) and the
     request is resent; a further "Replay detected" doubles the jump, up to REPLAY_RESENDS
     times, so a node gets past a gateway window that moved far ahead (e.g. while an exported
-    copy of its context was used) within one exchange. Other unprotected responses raise UnprotectedResponse, responses
-    that fail verification ProtectionInvalid, no answer coap.Timeout.
+    copy of its context was used) within one exchange. Other unprotected responses raise
+    UnprotectedResponse, responses that fail verification ProtectionInvalid, no answer
+    coap.Timeout.
     """
 
     def __init__(self, client, context):
