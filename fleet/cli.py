@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from boards.nodeapp import FIRMWARE
 from fleet.errors import USAGE, FleetError
 from protocol.vocabulary import ROLES
 from registry.db import Registry, RegistryError, export_oscore, registry_url, shown_url
@@ -308,15 +309,12 @@ def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
-    from fleet.appbuild import BuildError, build_app
+    from fleet.appbuild import build_app
     from fleet.progress import Progress
     from fleet.push import push
 
-    try:
-        files = build_app(Path(args.app_source) if args.app_source else _firmware_dir(),
-                          compiled=not args.source)
-    except BuildError as exc:
-        raise FleetError("the app does not compile: %s" % exc, "build") from None
+    files = build_app(Path(args.app_source) if args.app_source else FIRMWARE,
+                      compiled=not args.source)
     progress = Progress(quiet=args.quiet)
     with progress.step("push") as step:
         result = push(args.port, files, dry_run=args.dry_run, progress=step.update,
@@ -334,11 +332,6 @@ def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
     if not args.dry_run:
         print("soft-reset: the board runs the new files")
     return 0
-
-
-def _firmware_dir() -> Path:
-    from boards.nodeapp import FIRMWARE
-    return FIRMWARE
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

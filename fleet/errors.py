@@ -36,3 +36,4 @@ CONNECTION_LOST = "connection-lost"  # the port went away in the middle of a ses
 NO_BROKER = "no-broker"              # the site's MQTT broker cannot be reached
 CONSOLE = "console"                  # mpremote could not use the board's console
 USAGE = "usage"                      # the command line asks for something impossible
+BUILD = "build"                      # the node application does not compile

@@ -34,9 +34,10 @@ from typing import Callable
 from boards.definitions import Board, Partition
 from boards.errors import FlashError
 from boards.firmware_image import FirmwareImage
+from boards.nodeapp import FIRMWARE
 from boards.partition_table import filesystem_partition
 from fleet import boardfs
-from fleet.appbuild import BuildError, app_version, build_app
+from fleet.appbuild import app_version, build_app
 from fleet.chip import DEFAULT_BAUD, open_chip
 from fleet.errors import BOARD_TAKEN, KEY_IN_USE, NO_SITE, VERIFY_FAILED, FleetError
 from fleet.firmware import BoardFirmware, ChipFlash, firmware_plan, read_board_firmware
@@ -57,13 +58,8 @@ class AppBuild:
 
 def build_node_app(source=None) -> AppBuild:
     """The node application as it goes onto the filesystem (once per run or batch)."""
-    from boards.nodeapp import FIRMWARE
-
     source = source or FIRMWARE
-    try:
-        files = build_app(source)
-    except BuildError as exc:
-        raise FleetError("the app does not compile: %s" % exc, "build") from None
+    files = build_app(source)
     return AppBuild(files, app_version(files, source))
 
 

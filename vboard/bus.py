@@ -34,12 +34,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from vboard.errors import VBoardError
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20   # a 64 KB flash write is 128 KB of hex; allow generous headroom
 
 
-class BusError(Exception):
+class BusError(VBoardError):
     """Raise from a handler: the VM raises OSError(errno) (with ``message``, if given)."""
 
     def __init__(self, errno: int | None, message: str | None = None) -> None:
@@ -48,11 +50,11 @@ class BusError(Exception):
         self.message = message
 
 
-class BusValueError(Exception):
+class BusValueError(VBoardError):
     """Raise from a handler: the VM raises ValueError(message)."""
 
 
-class BusHalt(Exception):
+class BusHalt(VBoardError):
     """Raise from a handler: the VM stops running code (the board goes down)."""
 
 

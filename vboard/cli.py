@@ -21,6 +21,7 @@ from boards.definitions import board as board_def
 from boards.errors import FlashError
 from protocol.vocabulary import ROLES
 from vboard import flashimage, group
+from vboard.errors import VBoardError
 
 # Exit statuses, the same for gateway, fleet and vboard: 1 the operation failed, 2 the command
 # line or a file it names is wrong (argparse's own status for a mistyped command line).
@@ -52,7 +53,7 @@ def _run_group(spec: group.GroupSpec, *, echo: bool) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             boards = await group.start_group(spec, echo=echo)
-        except (FlashError, OSError, KeyError, ValueError) as exc:
+        except (FlashError, VBoardError, OSError, KeyError, ValueError) as exc:
             print("vboard: %s" % exc, file=sys.stderr)
             return EXIT_FAILED
         try:

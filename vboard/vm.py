@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vboard.errors import VBoardError
+
 ESP32_HEAP_BYTES = 110 * 1024
 POINTER_SIZE_RATIO = 2
 HEAP_FLAG = "heapsize=%dK" % (ESP32_HEAP_BYTES * POINTER_SIZE_RATIO // 1024)
@@ -31,12 +33,10 @@ def board_heap_flag(esp32_heap_bytes: int = ESP32_HEAP_BYTES) -> str:
     return "heapsize=%dK" % ((esp32_heap_bytes * POINTER_SIZE_RATIO + SHIM_HEAP_BYTES) // 1024)
 
 
-REPO = Path(__file__).resolve().parent.parent
-FIRMWARE = REPO / "firmware"
 SHIMS = Path(__file__).resolve().parent / "shims"
 
 
-class VMUnavailable(RuntimeError):
+class VMUnavailable(VBoardError):
     """The MicroPython VM is not installed on this host."""
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from vboard.errors import VBoardError
 
-class Nack(Exception):
+
+class Nack(VBoardError):
     """The device did not acknowledge (absent, unplugged, or busy)."""
 
 
