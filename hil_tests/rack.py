@@ -136,9 +136,29 @@ class RealDut(Dut):
 
 
 def load_rack(path: Path) -> list[RealDut]:
-    data = tomllib.loads(path.read_text())
-    return [RealDut(board_def(b["board"]), b["console"], b.get("rom", b["console"]))
-            for b in data.get("board", [])]
+    """The boards a rack file lists; pytest.UsageError names what is wrong with the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise pytest.UsageError("rack file %s: %s" % (path, exc)) from None
+    if set(data) - {"board"}:
+        raise pytest.UsageError("rack file %s: only [[board]] entries, not %s"
+                                % (path, ", ".join(sorted(set(data) - {"board"}))))
+    duts = []
+    for i, b in enumerate(data.get("board", []), start=1):
+        unknown = sorted(set(b) - {"board", "console", "rom"})
+        if unknown or "board" not in b or "console" not in b:
+            raise pytest.UsageError("rack file %s, board #%d: it takes board, console and rom "
+                                    "(rom defaults to console)%s" % (
+                                        path, i, "; unknown: %s" % ", ".join(unknown)
+                                        if unknown else ""))
+        try:
+            definition = board_def(b["board"])
+        except KeyError as exc:
+            raise pytest.UsageError("rack file %s, board #%d: %s" % (path, i, exc.args[0])) \
+                from None
+        duts.append(RealDut(definition, b["console"], b.get("rom", b["console"])))
+    return duts
 
 
 def virtual_boards(workdir: Path, count: int = 1, *, board: str = "esp32-devkitc",

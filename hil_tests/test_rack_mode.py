@@ -7,7 +7,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hil_tests.rack import VirtualDut, virtual_boards
+import pytest
+
+from hil_tests.rack import VirtualDut, load_rack, virtual_boards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +55,27 @@ def test_the_board_tests_run_on_a_rack_board_known_only_by_its_ports(tmp_path,
         "skipped: this rack cannot read and write the flash as a file"
     assert outcomes["test_fifty_boards_start_and_answer_on_their_consoles"] == \
         "skipped: needs virtual boards: not run against --rack"
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[[board]]\nboard = "esp32-devkitc"\nconsol = "/dev/ttyUSB0"\n',
+     "board #1: it takes board, console and rom .*; unknown: consol"),
+    ('[[board]]\nboard = "esp32-s9"\nconsole = "/dev/ttyUSB0"\n', "unknown board 'esp32-s9'"),
+    ('[rack]\nname = "r1"\n', "only \\[\\[board\\]\\] entries, not rack"),
+    ('[[board]\n', "rack file .*: "),
+])
+def test_a_rack_file_with_a_mistake_stops_the_run_naming_it(tmp_path, text, message):
+    path = tmp_path / "rack.toml"
+    path.write_text(text)
+    with pytest.raises(pytest.UsageError, match=message):
+        load_rack(path)
+
+
+def test_a_rack_file_lists_its_boards_with_the_rom_on_the_console_port_by_default(tmp_path):
+    path = tmp_path / "rack.toml"
+    path.write_text('[[board]]\nboard = "esp32-devkitc"\nconsole = "/dev/ttyUSB0"\n'
+                    '[[board]]\nboard = "lolin-d32"\nconsole = "rfc2217://rack-1:4001"\n'
+                    'rom = "rfc2217://rack-1:4002"\n')
+    assert [(d.board.name, d.console_url, d.rom_url) for d in load_rack(path)] == [
+        ("esp32-devkitc", "/dev/ttyUSB0", "/dev/ttyUSB0"),
+        ("lolin-d32", "rfc2217://rack-1:4001", "rfc2217://rack-1:4002")]

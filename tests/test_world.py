@@ -1,11 +1,12 @@
 """The world model: clock, quantities following scenarios, determinism, faults."""
 
 import math
+import re
 import time
 
 import pytest
 
-from vboard.scenarios import HERE, Scenario
+from vboard.scenarios import BOARD_PARAMS, HERE, Scenario
 from vboard.world import World
 
 T0 = 1_750_000_000.0
@@ -290,3 +291,31 @@ def test_load_scenario_after_making_the_world():
     assert world.value("shaft-01", "level_mm", world.t0 + 1500) > 1000
     world.load_scenario("golden-mile")                          # has a start time
     assert world.now() == pytest.approx(1762183800.0)
+
+
+def test_a_misspelt_board_parameter_is_refused_not_ignored(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text('[[boards]]\nid = "shaft-01"\nrole = "shaft"\ndepht_mm = 2000\n')
+    with pytest.raises(ValueError, match=r"typo\.toml: board shaft-01: unknown parameter\(s\) "
+                                         r"depht_mm \(known: .*depth_mm"):
+        Scenario.load(path)
+
+
+def test_the_declared_board_parameters_are_the_documented_and_the_read_ones():
+    """BOARD_PARAMS, the README's table and what world.py and the model wiring read agree:
+    a parameter read but not declared would be refused in every scenario, one declared but
+    never read would be accepted and do nothing."""
+    table = (HERE / "README.md").read_text().split("Board parameters", 1)[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| (`.*?) \|", table, re.M))
+    documented = {name for cell in documented for name in re.findall(r"`(\w+)`", cell)}
+    vboard = HERE.parent
+    read = set()
+    for source, patterns in (
+            (vboard / "world.py", (r"self\.param\([^,]+,\s*\"(\w+)\"",
+                                   r"spec\.params\.get\(\"(\w+)\"", r"\bp\.get\(\"(\w+)\"")),
+            (vboard / "models" / "wiring.py", (r"params\.get\(\"(\w+)\"",))):
+        text = source.read_text()
+        for pattern in patterns:
+            read |= set(re.findall(pattern, text))
+    assert documented == set(BOARD_PARAMS)
+    assert read == set(BOARD_PARAMS)

@@ -26,6 +26,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
+# The board parameters the world (vboard/world.py) and the model wiring (vboard/models/
+# wiring.py) read, as README.md's table lists them; any other key in a [[boards]] entry is a
+# mistake, and a misspelt parameter would otherwise be silently its default.
+BOARD_PARAMS = frozenset((
+    "radar_height_m", "radar_range_m",
+    "depth_mm", "base_level_mm", "max_level_mm", "drain_mm_per_min",
+    "earth_ut", "neighbour_m", "neighbour_factor", "mag_tempco_ut_per_c",
+    "draw_ma", "battery_used_mah", "supply_v", "chip_rise_c",
+    "sonar_mode", "battery",
+    "bh1750_address", "ina219_address", "shunt_ohm", "lamp_w",
+))
+
 
 @dataclass
 class BoardSpec:
@@ -168,6 +180,10 @@ class Scenario:
 
     def board(self, id: str, role: str | None = None, street: str | None = None,
               position_m: float = 0.0, **params: Any) -> BoardSpec:
+        unknown = sorted(set(params) - BOARD_PARAMS)
+        if unknown:
+            raise ValueError("board %s: unknown parameter(s) %s (known: %s)"
+                             % (id, ", ".join(unknown), ", ".join(sorted(BOARD_PARAMS))))
         spec = BoardSpec(id, role, street, float(position_m), dict(params))
         self.boards[id] = spec
         return spec
