@@ -34,7 +34,13 @@ from boards.partition_table import (
     read_partition_table,
 )
 from vboard.flash import FlashFile
-from vboard.hardware import BoardHardware, SimClock, adc_reading, boot_partition, set_boot_partition
+from vboard.hardware.core import (
+    BoardHardware,
+    SimClock,
+    adc_reading,
+    boot_partition,
+    set_boot_partition,
+)
 from vboard.models.base import Nack
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
