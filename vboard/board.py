@@ -27,7 +27,7 @@ from boards.otadata import select_boot_partition
 from boards.partition_table import filesystem_partition, read_partition_table
 from vboard.console import ConsoleServer, VmProcess
 from vboard.flash import FlashFile
-from vboard.hardware.core import machine_name
+from vboard.hardware.chip import machine_name
 from vboard.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 

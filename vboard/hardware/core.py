@@ -41,32 +41,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from boards.app_image import AppInfo, read_app
-from boards.definitions import SECTOR, Board, Partition
+from boards.app_image import AppInfo
+from boards.definitions import Board, Partition
 from boards.errors import FlashError
-from boards.otadata import (
-    OTA_IMG_NEW,
-    OTA_IMG_VALID,
-    active_otadata,
-    default_app,
-    ota_slots,
-    otadata_partition,
-    read_otadata,
-    write_otadata,
-)
-from boards.partition_table import read_partition_table
 from vboard.bus import BusError, BusHalt, BusServer, BusValueError
 from vboard.flash import FlashFile, PowerCut
+from vboard.hardware.adc import ADC2_GPIOS, adc_reading
+from vboard.hardware.chip import default_mac, uname_environment
+from vboard.hardware.nvs import NvsStore, nvs_capacity
+from vboard.hardware.ota import boot_partition, mark_app_valid, running_app, set_boot_partition
 from vboard.models.base import AnalogDevice, I2CDevice, Nack, PinDevice, PwmLoad, UartDevice
 
 # machine.reset_cause() values and wake reasons of the ESP32 port (ports/esp32/modmachine.c)
@@ -86,28 +77,6 @@ _CAUSES = {
     "soft": (SOFT_RESET, False),
 }
 
-# ESP-IDF error codes; check_esp_err() raises OSError(-code, name) for them
-ESP_FAIL = -1
-ESP_ERR_INVALID_ARG = 0x102
-ESP_ERR_NOT_FOUND = 0x105
-ESP_ERR_NVS_NOT_FOUND = 0x1102
-ESP_ERR_NVS_NOT_ENOUGH_SPACE = 0x1105
-ESP_ERR_NVS_KEY_TOO_LONG = 0x1109
-ESP_ERR_OTA_VALIDATE_FAILED = 0x1503
-_ESP_ERR_NAMES = {
-    ESP_FAIL: "ESP_FAIL", ESP_ERR_INVALID_ARG: "ESP_ERR_INVALID_ARG",
-    ESP_ERR_NOT_FOUND: "ESP_ERR_NOT_FOUND", ESP_ERR_NVS_NOT_FOUND: "ESP_ERR_NVS_NOT_FOUND",
-    ESP_ERR_NVS_NOT_ENOUGH_SPACE: "ESP_ERR_NVS_NOT_ENOUGH_SPACE",
-    ESP_ERR_NVS_KEY_TOO_LONG: "ESP_ERR_NVS_KEY_TOO_LONG",
-    ESP_ERR_OTA_VALIDATE_FAILED: "ESP_ERR_OTA_VALIDATE_FAILED",
-}
-
-
-def esp_error(code: int) -> BusError:
-    """The OSError the ESP32 port's check_esp_err() raises for an ESP-IDF error code."""
-    return BusError(-code, _ESP_ERR_NAMES.get(code, "ESP_ERR_0x%x" % code))
-
-
 RTC_USER_MEM_MAX = 2048          # MICROPY_HW_RTC_USER_MEM_MAX
 _SECONDS_1970_TO_2000 = 946684800
 
@@ -117,181 +86,6 @@ STAT_IDLE, STAT_CONNECTING, STAT_GOT_IP = 1000, 1001, 1010
 IRQ_RISING, IRQ_FALLING = 1, 2
 _I2C_DEFAULT_PINS = {0: (18, 19), 1: (25, 26)}   # the port's I2C(0), I2C(1) (scl, sda)
 PULL_DOWN, PULL_UP = 1, 2
-
-
-class SimClock:
-    """A world clock for tests and simple setups: simulated seconds running at ``speed`` times
-    wall time (the real vboard/world.py provides the same ``now()`` and ``speed``)."""
-
-    def __init__(self, speed: float = 1.0, start_s: float = 0.0) -> None:
-        self.speed = speed
-        self._mono0 = time.monotonic()
-        self._sim0 = start_s
-
-    def now(self) -> float:
-        return self._sim0 + (time.monotonic() - self._mono0) * self.speed
-
-
-def boot_partition(flash: FlashFile, parts: tuple[Partition, ...] | None = None
-                   ) -> Partition | None:
-    """esp_ota_get_boot_partition(): the app the next boot selects, read-only."""
-    parts = parts or read_partition_table(flash)
-    entries = read_otadata(flash, parts)
-    slots = ota_slots(parts)
-    if not entries or not slots:
-        return default_app(parts)
-    active = active_otadata(entries)
-    if active < 0:
-        return default_app(parts)
-    return slots[(entries[active].seq - 1) % len(slots)]
-
-
-def set_boot_partition(flash: FlashFile, label: str) -> None:
-    """esp_ota_set_boot_partition(): validate the image, then point otadata at it (a new
-    entry in the other sector, state NEW because MicroPython builds with app rollback)."""
-    parts = read_partition_table(flash)
-    part = next((p for p in parts if p.name == label), None)
-    if part is None:
-        raise esp_error(ESP_ERR_INVALID_ARG)
-    try:                                    # validated first, as ESP-IDF does: a data
-        read_app(flash, part)               # partition fails here too
-    except FlashError:
-        raise esp_error(ESP_ERR_OTA_VALIDATE_FAILED) from None
-    if part.type != "app":
-        raise esp_error(ESP_ERR_INVALID_ARG)
-    od = otadata_partition(parts)
-    if od is None:
-        raise esp_error(ESP_ERR_NOT_FOUND)
-    if part.subtype == "factory":
-        flash.erase(od.offset, od.size)
-        return
-    slots = ota_slots(parts)
-    sub_id = slots.index(part) if part in slots else -1
-    if sub_id < 0:
-        raise esp_error(ESP_ERR_INVALID_ARG)
-    count = len(slots)
-    entries = read_otadata(flash, parts)
-    active = active_otadata(entries)
-    if active >= 0:
-        seq, i = entries[active].seq, 0
-        while seq > (sub_id + 1) % count + i * count:
-            i += 1
-        new_seq, index = (sub_id + 1) % count + i * count, active ^ 1
-    else:
-        new_seq, index = sub_id + 1, 0
-    entry = entries[index]
-    entry.seq, entry.state = new_seq, OTA_IMG_NEW
-    write_otadata(flash, od, index, entry)
-
-
-def mark_app_valid(flash: FlashFile) -> None:
-    """esp_ota_mark_app_valid_cancel_rollback()."""
-    parts = read_partition_table(flash)
-    od = otadata_partition(parts)
-    if od is None:
-        raise esp_error(ESP_ERR_NOT_FOUND)
-    entries = read_otadata(flash, parts)
-    active = active_otadata(entries)
-    if active < 0 or not ota_slots(parts):
-        raise esp_error(ESP_FAIL)    # "Running firmware is factory"
-    if entries[active].state != OTA_IMG_VALID:
-        entries[active].state = OTA_IMG_VALID
-        write_otadata(flash, od, active, entries[active])
-
-
-def machine_name(board: Board) -> str:
-    """os.uname().machine and the REPL banner's board, as MicroPython's ESP32_GENERIC builds
-    name themselves (the OTA variant says so)."""
-    ota = any(p.subtype.startswith("ota_") for p in board.partitions)
-    return "Generic ESP32 module%s with ESP32" % (" with OTA" if ota else "")
-
-
-# --- NVS ----------------------------------------------------------------------------------------
-
-class NvsStore:
-    """esp32.NVS contents, kept per board in a JSON file (not in the flash's nvs partition;
-    erasing the flash with esptool does not clear it: call ``erase()``)."""
-
-    MAX_KEY = 15
-
-    def __init__(self, path: Path, capacity: int) -> None:
-        self.path = Path(path)
-        self.capacity = capacity
-        self.data: dict[str, dict[str, list]] = {}
-        if self.path.exists():
-            self.data = json.loads(self.path.read_text())
-
-    def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data))
-        tmp.replace(self.path)
-
-    def _used(self) -> int:
-        # 32-byte entries: one header each, blobs need ceil(len/32) more
-        return sum(32 + (32 * -(-len(v[1]) // 64) if v[0] == "blob" else 0)
-                   for ns in self.data.values() for v in ns.values())
-
-    def set(self, ns: str, key: str, kind: str, value: Any) -> None:
-        if len(key) > self.MAX_KEY or len(ns) > self.MAX_KEY:
-            raise esp_error(ESP_ERR_NVS_KEY_TOO_LONG)
-        entry = [kind, value]
-        old = self.data.get(ns, {}).get(key)
-        self.data.setdefault(ns, {})[key] = entry
-        if self._used() > self.capacity:
-            if old is None:
-                del self.data[ns][key]
-            else:
-                self.data[ns][key] = old
-            raise esp_error(ESP_ERR_NVS_NOT_ENOUGH_SPACE)
-        self._save()
-
-    def get(self, ns: str, key: str, kind: str) -> Any:
-        entry = self.data.get(ns, {}).get(key)
-        if entry is None or entry[0] != kind:
-            raise esp_error(ESP_ERR_NVS_NOT_FOUND)
-        return entry[1]
-
-    def erase_key(self, ns: str, key: str) -> None:
-        if key not in self.data.get(ns, {}):
-            raise esp_error(ESP_ERR_NVS_NOT_FOUND)
-        del self.data[ns][key]
-        self._save()
-
-    def erase(self) -> None:
-        self.data = {}
-        self._save()
-
-
-# --- ADC -------------------------------------------------------------------------------------
-
-ADC1_GPIOS = (36, 37, 38, 39, 32, 33, 34, 35)
-ADC2_GPIOS = (4, 0, 2, 15, 13, 12, 14, 27, 25, 26)
-# Per attenuation (ATTN_0DB, 2_5DB, 6DB, 11DB): the voltage (mV) below which the code reads 0,
-# the top of ESP-IDF's recommended range (linear up to here), and where the linear part would
-# reach 4095. Above the recommended range the slope halves until the code saturates (at about
-# 1.25, 1.7, 2.4 and 3.15 V): the ESP32's compression near full scale.
-_ADC_CURVES = ((75, 950, 1100), (78, 1250, 1470), (107, 1750, 2080), (142, 2450, 2800))
-
-
-def adc_reading(uv: int, atten: int, width: int) -> tuple[int, int]:
-    """(raw code at ``width`` bits, calibrated read_uv() value) for ``uv`` at the pin.
-
-    read_uv() inverts the linear part like ESP-IDF's line-fitting calibration and, like the
-    port, returns whole millivolts times 1000: exact to 1 mV inside the recommended range,
-    stuck at the dead-zone voltage at the bottom, reading low in the compressed top."""
-    dead, knee, full = _ADC_CURVES[atten]
-    slope = 4095 / (full - dead)            # codes per mV
-    mv = uv / 1000
-    if mv <= dead:
-        raw12 = 0.0
-    elif mv <= knee:
-        raw12 = (mv - dead) * slope
-    else:
-        raw12 = (knee - dead) * slope + (mv - knee) * slope / 2
-    raw12 = min(4095, int(raw12))
-    raw = raw12 >> (12 - width)
-    cal_mv = int(round(dead + (raw << (12 - width)) / slope))
-    return raw, cal_mv * 1000
 
 
 # --- devices on the buses ------------------------------------------------------------------
@@ -326,11 +120,6 @@ def _garble(data: bytes) -> bytes:
     return bytes(((b * 0x9D) + 0x3B) & 0xFF for b in data)
 
 
-def _default_mac(board: Board, board_id: str) -> bytes:
-    return board.mac_prefix + hashlib.sha256(board_id.encode()).digest()[:6 - len(
-        board.mac_prefix)]
-
-
 class BoardHardware:
     """One virtual ESP32's hardware. Create it, ``await start()`` in the board's loop, pass
     ``vm_environment()`` to each VM, call ``next_boot(cause)`` between VMs, ``await close()``.
@@ -359,11 +148,9 @@ class BoardHardware:
         self.world = world
         self.events = events
         self.flash = FlashFile(Path(flash_path), board.flash_size)
-        self.mac = mac or _default_mac(board, board_id)
-        nvs_part = next((p for p in board.partitions if p.subtype == "nvs"), None)
+        self.mac = mac or default_mac(board, board_id)
         self.nvs = NvsStore(nvs_path or Path(str(flash_path) + ".nvs.json"),
-                            capacity=((nvs_part.size if nvs_part else 0x6000) // SECTOR - 1)
-                            * 126 * 32)
+                            capacity=nvs_capacity(board.partitions))
         if bus_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="vboard-")
             bus_path = Path(self._tmpdir.name) / "bus"
@@ -462,17 +249,7 @@ class BoardHardware:
 
     def _set_app(self, label: str | None) -> None:
         self._app_chosen = True
-        self.app, self.app_info = None, None
-        try:
-            parts = read_partition_table(self.flash)
-            if label is None:
-                self.app = boot_partition(self.flash, parts)
-            else:
-                self.app = next(p for p in parts if p.name == label)
-            if self.app is not None:
-                self.app_info = read_app(self.flash, self.app)
-        except (FlashError, StopIteration):
-            pass
+        self.app, self.app_info = running_app(self.flash, label)
 
     def _sim_us(self) -> int:
         return int(self.world.now() * 1e6)
@@ -498,21 +275,8 @@ class BoardHardware:
             "VBOARD_FLASH_SIZE": str(self.flash.size),
             "VBOARD_APP": self.app.name if self.app else "",
         }
-        env.update(self._uname())
+        env.update(uname_environment(self.board, self.app_info))
         return env
-
-    def _uname(self) -> dict[str, str]:
-        out = {"VBOARD_MACHINE": machine_name(self.board)}
-        if self.app_info is not None:
-            version = self.app_info.version
-            try:
-                built = datetime.strptime(" ".join(self.app_info.date.split()), "%b %d %Y")
-                date = built.strftime("%Y-%m-%d")
-            except ValueError:
-                date = self.app_info.date
-            out["VBOARD_RELEASE"] = version.lstrip("v").split("-")[0]
-            out["VBOARD_VERSION"] = "%s on %s" % (version, date)
-        return out
 
     def power_cut(self) -> None:
         """The world cut the power: the VM stops now; the board core calls
