@@ -3,10 +3,19 @@ calibrated read_uv() value, with the chip's dead zone near 0 V and its compressi
 scale, per attenuation and width.
 
 ADC2 belongs to the WiFi driver while the radio is on: reading an ADC2 pin then fails as on the
-chip, which firmware that samples a battery with WiFi up must survive.
+chip (ESP_ERR_TIMEOUT).
+
+Ops: adc (``Adc``).
 """
 
 from __future__ import annotations
+
+import errno
+from typing import Any, Callable
+
+from vboard.bus import BusError
+from vboard.hardware.clock import Clock
+from vboard.models.base import AnalogDevice
 
 ADC1_GPIOS = (36, 37, 38, 39, 32, 33, 34, 35)
 ADC2_GPIOS = (4, 0, 2, 15, 13, 12, 14, 27, 25, 26)
@@ -36,3 +45,29 @@ def adc_reading(uv: int, atten: int, width: int) -> tuple[int, int]:
     raw = raw12 >> (12 - width)
     cal_mv = int(round(dead + (raw << (12 - width)) / slope))
     return raw, cal_mv * 1000
+
+
+class Adc:
+    """ADC inputs: the voltage an attached model puts on a pin (0 V on a pin with nothing),
+    read as the chip would. ``radio_on()`` tells whether WiFi holds ADC2."""
+
+    def __init__(self, clock: Clock, radio_on: Callable[[], bool]) -> None:
+        self._clock = clock
+        self._radio_on = radio_on
+        self._devices: dict[int, AnalogDevice] = {}
+
+    def ops(self) -> dict[str, Callable[..., Any]]:
+        return {"adc": self.adc}
+
+    def attach(self, gpio: int, device: AnalogDevice) -> None:
+        self._devices[gpio] = device
+
+    def detach(self, gpio: int) -> None:
+        self._devices.pop(gpio, None)
+
+    def adc(self, gpio: int, atten: int, width: int) -> list[int]:
+        if gpio in ADC2_GPIOS and self._radio_on():
+            raise BusError(errno.ETIMEDOUT, "ESP_ERR_TIMEOUT")  # ADC2 is WiFi's while it runs
+        device = self._devices.get(gpio)
+        uv = device.adc_uv(gpio, self._clock.now()) if device is not None else 0
+        return list(adc_reading(uv, atten, width))

@@ -1,17 +1,19 @@
 """esp32.NVS on the virtual board: key-value pairs per namespace, with ESP-IDF's limits and
 errors (key length, space in the nvs partition, missing keys).
 
-The contents live in a JSON file per board, not in the flash's nvs partition, so that they can
-be read and changed from tests; erasing the flash with esptool therefore leaves them (call
+The contents live in a JSON file per board (beside the flash file unless told otherwise), not
+in the flash's nvs partition: erasing the flash with esptool leaves them (call
 ``NvsStore.erase()``). Every set is written to the host's disk at once, so commit() has nothing
 left to do.
+
+Ops: nvs_set, nvs_get, nvs_erase, nvs_commit (``NvsStore``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from boards.definitions import SECTOR, Partition
 from vboard.hardware.esp_err import (
@@ -23,8 +25,8 @@ from vboard.hardware.esp_err import (
 
 
 def nvs_capacity(partitions: tuple[Partition, ...]) -> int:
-    """Bytes of 32-byte entries the board's nvs partition holds (126 per 4 KB page, one page
-    kept free for garbage collection; 24 KB when the table has no nvs partition)."""
+    """Bytes of 32-byte entries the board's nvs partition holds: 126 per 4 KB page, less one
+    page (as for a 24 KB partition when the table has none)."""
     nvs_part = next((p for p in partitions if p.subtype == "nvs"), None)
     return ((nvs_part.size if nvs_part else 0x6000) // SECTOR - 1) * 126 * 32
 
@@ -41,6 +43,10 @@ class NvsStore:
         self.data: dict[str, dict[str, list]] = {}
         if self.path.exists():
             self.data = json.loads(self.path.read_text())
+
+    def ops(self) -> dict[str, Callable[..., Any]]:
+        return {"nvs_set": self.set, "nvs_get": self.get, "nvs_erase": self.erase_key,
+                "nvs_commit": self.commit}
 
     def _save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -77,6 +83,9 @@ class NvsStore:
             raise esp_error(ESP_ERR_NVS_NOT_FOUND)
         del self.data[ns][key]
         self._save()
+
+    def commit(self, ns: str) -> None:
+        return None      # every set is already on the host's disk
 
     def erase(self) -> None:
         self.data = {}

@@ -4,9 +4,13 @@ the running one valid.
 These work on the flash file itself (vboard/flash.py), so the firmware's esp32.Partition calls,
 the board core's second-stage bootloader (boards/otadata.py select_boot_partition) and tests
 see one otadata. Errors are ESP-IDF's (esp_err.py), as esp32.Partition raises them.
+
+Ops: ota_set_boot, ota_mark_valid, ota_boot (``Ota``).
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from boards.app_image import AppInfo, read_app
 from boards.definitions import Partition
@@ -117,3 +121,24 @@ def running_app(flash: FlashFile, label: str | None
     except (FlashError, StopIteration):
         pass
     return app, None
+
+
+class Ota:
+    """esp32.Partition's OTA calls on the board's ``flash``."""
+
+    def __init__(self, flash: FlashFile) -> None:
+        self._flash = flash
+
+    def ops(self) -> dict[str, Callable[..., Any]]:
+        return {"ota_set_boot": self.ota_set_boot, "ota_mark_valid": self.ota_mark_valid,
+                "ota_boot": self.ota_boot}
+
+    def ota_set_boot(self, label: str) -> None:
+        set_boot_partition(self._flash, label)
+
+    def ota_mark_valid(self) -> None:
+        mark_app_valid(self._flash)
+
+    def ota_boot(self) -> str | None:
+        part = boot_partition(self._flash)
+        return part.name if part else None
