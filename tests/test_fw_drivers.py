@@ -21,7 +21,7 @@ import pytest
 
 from boards.definitions import board as board_def
 from boards.nodeapp import FIRMWARE
-from vboard.hardware import BoardHardware
+from vboard.hardware.core import BoardHardware
 from vboard.models.jsnsr04t import frame as sonar_frame
 from vboard.models.jsnsr04t import speed_of_sound
 from vboard.models.wiring import wire

@@ -34,7 +34,10 @@ from boards.partition_table import (
     read_partition_table,
 )
 from vboard.flash import FlashFile
-from vboard.hardware import BoardHardware, SimClock, adc_reading, boot_partition, set_boot_partition
+from vboard.hardware.adc import adc_reading
+from vboard.hardware.clock import SimClock
+from vboard.hardware.core import BoardHardware
+from vboard.hardware.ota import boot_partition, set_boot_partition
 from vboard.models.base import Nack
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 

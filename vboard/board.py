@@ -27,7 +27,7 @@ from boards.otadata import select_boot_partition
 from boards.partition_table import filesystem_partition, read_partition_table
 from vboard.console import ConsoleServer, VmProcess
 from vboard.flash import FlashFile
-from vboard.hardware import machine_name
+from vboard.hardware.chip import machine_name
 from vboard.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
@@ -70,7 +70,7 @@ class VirtualBoard:
         self.workdir = Path(workdir or Path(flash_path).parent)
         self.console = ConsoleServer(self._console_input)
         self.rom = None            # vboard.rom.RomBootloader, when started
-        self.hardware = None       # vboard.hardware.BoardHardware, when the factory gives one
+        self.hardware = None       # vboard.hardware.core.BoardHardware, when the factory gives one
         self._hardware_factory = hardware_factory
         self.world = world
         self.info = BootInfo("off")
@@ -177,7 +177,7 @@ class VirtualBoard:
             self._vm = None
             self._vm_task = None
 
-    # --- what the firmware asks the hardware for (vboard/hardware.py reports it) -----------
+    # --- what the firmware asks the hardware for (vboard/hardware/ reports it) ------------
 
     def hardware_event(self, kind: str, **details) -> None:
         """machine.reset(), deepsleep(), WDT expiry, a power cut: called in the board's loop."""
@@ -406,7 +406,7 @@ class VirtualBoard:
             vm.interrupt()
 
     def _intr_taken(self) -> None:
-        """The VM raised KeyboardInterrupt for the last Ctrl-C (vboard/hardware.py)."""
+        """The VM raised KeyboardInterrupt for the last Ctrl-C (vboard/hardware/lifecycle.py)."""
         if self._intr is not None:
             self._intr.cancel()
             self._intr = None

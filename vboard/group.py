@@ -157,7 +157,7 @@ def _world(spec: GroupSpec):
 
 
 def _hardware_factory(spec: BoardSpec, world):
-    from vboard.hardware import BoardHardware
+    from vboard.hardware.core import BoardHardware
     from vboard.models.wiring import wire
 
     def make(vb: VirtualBoard):

@@ -15,7 +15,7 @@ from vboard.world import World
 
 # pulse_us results as vboard/models/base.py defines them: -1 when the pulse did not start within
 # the timeout, -2 when it started but did not end within it (each wait has its own timeout).
-# machine.time_pulse_us on the ESP32 port uses the opposite numbers; vboard/hardware.py swaps
+# machine.time_pulse_us on the ESP32 port uses the opposite numbers; vboard/hardware/gpio.py swaps
 # them on the way to the firmware.
 PULSE_TIMEOUT_WAITING = -1
 PULSE_TIMEOUT_IN_PULSE = -2
