@@ -14,7 +14,7 @@ Wire format (UTF-8 JSON, one value per line; the VM side is vboard/shims/_vbus.p
                                                 queues and dispatches itself (["irq", gpio, level])
 
 Bytes travel as lowercase hex strings. Which arguments and results are bytes is part of each
-op's signature (vboard/hardware.py lists the ops); a handler that returns bytes gets them
+op's signature (vboard/hardware/core.py lists the ops); a handler that returns bytes gets them
 hex-encoded here. The VM has one request outstanding at a time, so requests are answered in
 order; pushes may come between replies.
 

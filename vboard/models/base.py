@@ -1,4 +1,4 @@
-"""The contract between the virtual board's buses (vboard/hardware.py) and device models.
+"""The contract between the virtual board's buses (vboard/hardware/) and device models.
 
 A model sees exactly what the device sees on its pins and buses, and answers as the datasheet
 says, so the firmware's real drivers are what gets tested. Physical quantities come from the

@@ -1,5 +1,5 @@
 # machine for the virtual ESP32: the ESP32 port's classes, constants and errors. The hardware
-# behind them lives in the board process (vboard/hardware.py) and is reached through _vbus; the
+# behind them lives in the board process (vboard/hardware/) and is reached through _vbus; the
 # devices on the buses are models (vboard/models/).
 #
 # Soft interrupts: Pin.irq handlers and Timer callbacks run like the port's soft (scheduled)

@@ -1,7 +1,7 @@
 # `network` for firmware on the MicroPython unix VM: the ESP32 port's names and status codes.
 #
 # Traffic goes over the host's loopback; the radio is not modelled. On a virtual board the
-# WLAN state lives in the board process (vboard/hardware.py): connect() takes wifi_connect_s of
+# WLAN state lives in the board process (vboard/hardware/wifi.py): connect() takes wifi_connect_s of
 # simulated time, and while the world makes the WiFi "lost" isconnected() is False and status()
 # is STAT_CONNECTING (the port keeps reconnecting) until the link is back. Losing the link does
 # not stop sockets here: a test that needs the packets lost too puts a UDP relay between node
