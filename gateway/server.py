@@ -33,7 +33,8 @@ from gateway.metrics import Metrics, serve_http
 from gateway.observe import Observations
 from gateway.publisher import Publisher
 from gateway.rules import RULE_REF, NeighbourRule
-from gateway.store import GroupCommitter, Store
+from gateway.store import Batch, GroupCommitter, Store
+from protocol import topics
 from protocol.vocabulary import CONTROL_NAMES
 from registry.db import Registry
 
@@ -41,7 +42,7 @@ log = logging.getLogger("gateway")
 # A presence record older than this (drained from the node's queue) boosts no neighbours.
 PRESENCE_FRESH_S = 30.0
 
-_LEAVES = {"u": "up", "s": "status"}
+_LEAVES = topics.RESOURCE_LEAF
 _CF_CBOR = [(coap.CONTENT_FORMAT, coap.uint(coap.CF_CBOR))]
 _CF_CBOR_ENCODED = coap.encode_options(_CF_CBOR)
 _WELL_KNOWN = (b'</u>;ct=112;title="readings",</s>;ct=112;title="status",'
@@ -235,12 +236,10 @@ class Gateway:
             self.metrics.reject("spool_full", "%d readings spooled" % self.store.rows, info.id)
             return Reply(coap.SERVICE_UNAVAILABLE, [(coap.MAX_AGE, coap.uint(RETRY_AFTER_S))])
         data = [r for r in records if r.name not in CONTROL_NAMES]
-        batch = self.committer.batch
-        prefix = self.config.mqtt.prefix
         if data:
-            topic = "%s/%s/%s/%s" % (prefix, info.site, info.id, leaf)
-            batch.rows.append((self.store.next_id(), ctx.kid_int, now, topic,
-                               senml.to_json(info.id, data), 0))
+            self.committer.spool(ctx.kid_int, now,
+                                 topics.device(self.config.mqtt.prefix, info.site, info.id, leaf),
+                                 senml.to_json(info.id, data))
             self._derived(info, data, leaf, now)
         if len(data) != len(records):
             for r in records:
@@ -265,29 +264,29 @@ class Gateway:
         """Device state, Home Assistant discovery, SensorThings: spooled with the frame."""
         out = self.config.outputs
         prefix = self.config.mqtt.prefix
-        rows = self.committer.batch.rows
+        spool = self.committer.spool
         kid = int.from_bytes(info.kid, "big")
         if out.device_state:
             state = self.states.get(info.id)
             if state is None:
                 state = self.states[info.id] = outputs.DeviceState()
             state.update(data, now)
-            if leaf == "status" or now - state.last_sent >= self.config.mqtt.state_interval_s:
+            if leaf == topics.STATUS or \
+                    now - state.last_sent >= self.config.mqtt.state_interval_s:
                 state.last_sent = now
-                rows.append((self.store.next_id(), kid, now,
-                             "%s/%s/%s/state" % (prefix, info.site, info.id),
-                             state.message(info), 1))
+                spool(kid, now, topics.device(prefix, info.site, info.id, topics.STATE),
+                      state.message(info), 1)
         if out.home_assistant:
             names = frozenset(r.name for r in data)
             seen = self._ha_announced.get(info.id, frozenset())
             if not names <= seen:
                 for topic, payload in outputs.ha_discovery(prefix, out.home_assistant_prefix,
                                                            info, sorted(names - seen)):
-                    rows.append((self.store.next_id(), kid, now, topic, payload, 1))
+                    spool(kid, now, topic, payload, 1)
                 self._ha_announced[info.id] = seen | names
         if out.sensorthings:
             for topic, payload in outputs.sensorthings(out.sensorthings_prefix, info, data):
-                rows.append((self.store.next_id(), kid, now, topic, payload, 0))
+                spool(kid, now, topic, payload, 0)
 
     def _envelope(self, info: DeviceInfo, observing: bool) -> bytes:
         """The downlink envelope (protocol.md §2, §8): gateway time, commands, observe flag.
@@ -310,8 +309,9 @@ class Gateway:
         return Reply(coap.CHANGED, _CF_CBOR, self._envelope(info, observing),
                      encoded_options=_CF_CBOR_ENCODED)
 
-    def _committed(self, batch) -> None:
-        self.publisher.committed([(r[0], r[3], r[4], r[5], r[2]) for r in batch.rows])
+    def _committed(self, batch: Batch) -> None:
+        """A batch with spool rows is durable: they go to the publisher as they are."""
+        self.publisher.committed(batch.rows)
         self.metrics.inc("state_commits_total")
         self.metrics.histograms["commit_seconds"].observe(self.committer.last_commit_s)
 
@@ -319,9 +319,9 @@ class Gateway:
 
     def _spool_outcome(self, site: str, device: str, payload: bytes) -> None:
         ctx = self.contexts.by_id.get(device)
-        self.committer.batch.rows.append((
-            self.store.next_id(), ctx.kid_int if ctx else 0, time.time(),
-            "%s/%s/%s/outcome" % (self.config.mqtt.prefix, site, device), payload, 0))
+        self.committer.spool(ctx.kid_int if ctx else 0, time.time(),
+                             topics.device(self.config.mqtt.prefix, site, device, topics.OUTCOME),
+                             payload)
 
     def _command_in(self, site: str, device: str, payload: bytes, done) -> None:
         now = time.time()
