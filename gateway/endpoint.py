@@ -2,10 +2,10 @@
 
 One object reads the socket and does the message layer (RFC 7252), the OSCORE layer
 (RFC 8613, gateway/oscore.py) and hands each verified request to the resources
-(gateway/server.py). What it does not know is what a resource means: the observations of
-``/c`` with their confirmable notifications (gateway/observe.py) live beside it. Observe gets
-the ACKs and Resets of its notifications through one hook, ``on_empty``, and builds its
-datagrams with ``build``.
+(gateway/resources.py). What it does not know is what a resource means: the uplink rules
+(gateway/uplink.py) and the observations of ``/c`` with their confirmable notifications
+(gateway/observe.py) live beside it. Observe gets the ACKs and Resets of its notifications
+through one hook, ``on_empty``, and builds its datagrams with ``build``.
 
 The rule that makes acknowledgements trustworthy: **a protected response leaves only after the
 state that explains it is durable.** Every verified request advances the device's replay window
@@ -127,13 +127,13 @@ class _Sender:
 
 
 class Endpoint:
-    def __init__(self, contexts: ContextStore, committer: GroupCommitter, metrics: Metrics,
-                 handler: Handler, unprotected: Callable[[coap.Message], Reply]) -> None:
+    def __init__(self, contexts: ContextStore, committer: GroupCommitter,
+                 metrics: Metrics) -> None:
         self.contexts = contexts
         self.committer = committer
         self.metrics = metrics
-        self.handler = handler
-        self.unprotected_handler = unprotected
+        self.handler: Handler | None = None
+        self.unprotected_handler: Callable[[coap.Message], Reply] | None = None
         self.transport: _Sender | None = None
         self._dirty: dict[int, DeviceContext] = {}
         self._mid = random.randrange(65536)
@@ -147,9 +147,13 @@ class Endpoint:
 
     # --- transport ------------------------------------------------------------------------
 
-    def attach(self, sock, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve ``sock`` directly: asyncio's datagram transport reads one datagram per turn
-        of the event loop; under load this reads up to ``_BURST`` at a time."""
+    def attach(self, sock, loop: asyncio.AbstractEventLoop, handler: Handler,
+               unprotected: Callable[[coap.Message], Reply]) -> None:
+        """Serve ``sock`` directly, verified requests to ``handler``, unprotected ones to
+        ``unprotected`` (gateway/resources.py): asyncio's datagram transport reads one datagram
+        per turn of the event loop; under load this reads up to ``_BURST`` at a time."""
+        self.handler = handler
+        self.unprotected_handler = unprotected
         self.sock = sock
         self.transport = _Sender(sock, self.metrics)
         loop.add_reader(sock.fileno(), self._readable)
