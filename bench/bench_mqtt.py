@@ -14,10 +14,13 @@ import aiomqtt
 
 from bench.common import Result
 from gateway.mqtt import MqttClient
+from protocol import topics
 from testbed.broker import Broker
 
 COUNT = 20_000
 PAYLOAD = b'[{"bn":"urn:dev:id:shaft-01:","n":"level","u":"mm","v":1234,"t":1795000000}]'
+# The readings of 100 devices, as the gateway names them
+TOPICS = [topics.device("city", "north", "d%d" % i, topics.UP) for i in range(100)]
 
 
 async def _lean(port: int) -> float:
@@ -37,7 +40,7 @@ async def _lean(port: int) -> float:
         if client.inflight >= client.max_inflight:
             client.window.clear()
             await client.window.wait()
-        client.publish("city/north/d%d/up" % (i % 100), PAYLOAD, on_ack=ack)
+        client.publish(TOPICS[i % 100], PAYLOAD, on_ack=ack)
     await done.wait()
     rate = COUNT / (time.perf_counter() - started)
     await client.disconnect()
@@ -53,7 +56,7 @@ async def _aiomqtt(port: int) -> float:
 
         async def one(i: int) -> None:
             async with window:
-                await client.publish("city/north/d%d/up" % (i % 100), PAYLOAD, qos=1)
+                await client.publish(TOPICS[i % 100], PAYLOAD, qos=1)
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(COUNT)))

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gateway import metrics
+from protocol import topics
 from registry.db import SALT_BYTES, SECRET_BYTES, Device, Registry
 from testbed.broker import Broker, free_port, wait_for_tcp
 from testbed.proc import spawn, stop
@@ -117,7 +118,8 @@ class Subscriber:
     """bench/subscriber.py in its own process (so counting costs the gateway no CPU).
     With ``client_id`` it keeps a persistent session and reconnects (broker restarts)."""
 
-    def __init__(self, broker_port: int, out: Path, topic: str = "city/+/+/up",
+    def __init__(self, broker_port: int, out: Path,
+                 topic: str = topics.device_filter("city", topics.UP),
                  client_id: str | None = None) -> None:
         self.out = out
         cmd = [sys.executable, "-m", "bench.subscriber", "--port", str(broker_port),

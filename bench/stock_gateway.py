@@ -27,6 +27,7 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
 from gateway import senml
 from gateway.errors import FrameError
+from protocol import envelope, topics
 from registry.db import Registry
 
 
@@ -71,10 +72,10 @@ class _Frames(aiocoap.resource.Resource):
             records = senml.decode(request.payload, time.time())
         except FrameError as exc:
             return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=exc.reason.encode())
-        topic = "%s/%s/%s/up" % (self.prefix, device.site, device.id)
+        topic = topics.device(self.prefix, device.site, device.id, topics.UP)
         await self.client.publish(topic, senml.to_json(device.id, records), qos=1)
         return aiocoap.Message(code=aiocoap.CHANGED, content_format=60,
-                               payload=cbor2.dumps({1: int(time.time())}))
+                               payload=cbor2.dumps({envelope.TIME: int(time.time())}))
 
 
 async def main(argv: list[str] | None = None) -> int:

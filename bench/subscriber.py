@@ -19,13 +19,14 @@ import sys
 import time
 
 from gateway.mqtt import MqttClient, MqttError
+from protocol import topics
 
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--topic", default="city/+/+/up")
+    parser.add_argument("--topic", default=topics.device_filter("city", topics.UP))
     parser.add_argument("--out", required=True)
     parser.add_argument("--client-id", help="persistent session under this id, reconnecting")
     args = parser.parse_args(argv)
@@ -47,9 +48,10 @@ async def main(argv: list[str] | None = None) -> int:
         try:
             records = json.loads(payload)
             level = next(r["v"] for r in records if r.get("n") == "level")
-        except (ValueError, StopIteration, KeyError, TypeError):
+            device = topics.split(topic).device
+        except (ValueError, StopIteration, KeyError, TypeError, AttributeError):
             return
-        k = "%s:%d" % (topic.split("/")[-2], level)
+        k = "%s:%d" % (device, level)
         if k in arrivals:
             arrivals[k + "#dup%d" % count] = now
         else:

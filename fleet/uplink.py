@@ -16,6 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 from fleet.errors import NO_BROKER, NO_UPLINK, FleetError
+from protocol import topics
 
 MQTT_CONNECT_TIMEOUT_S = 10.0
 UPLINK_TIMEOUT_S = 60.0        # the design's promise: a node reports within a minute
@@ -34,7 +35,7 @@ class UplinkWatch:
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise FleetError("MQTT URL %r: write it as mqtt://HOST:PORT" % url, NO_BROKER)
         self.url = url
-        self.topic = "%s/%s/%s/status" % (prefix, site, device_id)
+        self.topic = topics.device(prefix, site, device_id, topics.STATUS)
         self._frames: list[tuple[str, bytes, float]] = []    # topic, payload, arrival
         self._cond = threading.Condition()
         self._subscribed = threading.Event()

@@ -7,6 +7,10 @@ budget allows at 5,000 frames/s (docs/gateway.md, "Performance"). aiocoap remain
 reference: the tests check this codec and the OSCORE layer against it byte for byte.
 
 Options are kept as a list of ``(number, value)`` pairs in wire order; values are bytes.
+
+Message types, methods and option numbers are RFC 7252's and the codec's own. The response codes
+and content formats are the protocol's (docs/protocol.md §2, §6): they are defined in
+protocol/wire.py, which the firmware is held to, and only re-exported here.
 """
 
 from __future__ import annotations
@@ -15,24 +19,30 @@ from typing import NamedTuple
 
 from gateway.errors import GatewayError
 
+# The response codes and content formats docs/protocol.md gives a meaning to are the protocol's
+# (protocol/wire.py): the codec re-exports them, so that its users find every CoAP name here.
+from protocol.wire import (  # noqa: F401 (re-exported)
+    BAD_OPTION,
+    BAD_REQUEST,
+    CF_CBOR,
+    CF_LINK_FORMAT,
+    CF_OCTET_STREAM,
+    CF_SENML_CBOR,
+    CHANGED,
+    CONTENT,
+    INTERNAL_SERVER_ERROR,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
+    UNSUPPORTED_CONTENT_FORMAT,
+)
+
 VERSION = 1
 CON, NON, ACK, RST = 0, 1, 2, 3
 
-EMPTY = 0x00
+EMPTY = 0x00         # 0.00: pings, ACKs and Resets
 GET, POST, PUT, DELETE, FETCH = 0x01, 0x02, 0x03, 0x04, 0x05
-CREATED = 0x41       # 2.01
-CHANGED = 0x44       # 2.04
-CONTENT = 0x45       # 2.05
-CONTINUE = 0x5F      # 2.31
-BAD_REQUEST = 0x80   # 4.00
-UNAUTHORIZED = 0x81  # 4.01
-BAD_OPTION = 0x82    # 4.02
-NOT_FOUND = 0x84     # 4.04
-METHOD_NOT_ALLOWED = 0x85  # 4.05
-REQUEST_ENTITY_INCOMPLETE = 0x88  # 4.08
-UNSUPPORTED_CONTENT_FORMAT = 0x8F  # 4.15
-INTERNAL_SERVER_ERROR = 0xA0  # 5.00
-SERVICE_UNAVAILABLE = 0xA3  # 5.03
 
 IF_MATCH = 1
 URI_HOST = 3
@@ -51,12 +61,6 @@ BLOCK1 = 27
 SIZE2 = 28
 SIZE1 = 60
 ECHO = 252
-
-CF_LINK_FORMAT = 40
-CF_OCTET_STREAM = 42
-CF_JSON = 50
-CF_CBOR = 60
-CF_SENML_CBOR = 112
 
 PAYLOAD_MARKER = 0xFF
 MAX_TOKEN = 8

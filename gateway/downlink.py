@@ -1,36 +1,44 @@
 """The downlink queue: commands from MQTT, queued per device, delivered in replies or pushed.
 
-A command arrives as JSON on ``<prefix>/<site>/<device>/down`` (docs/protocol.md §8.1), is
-checked (protocol/commands.py), given the next id of its device and stored in the state database
-before the gateway acknowledges the MQTT message. It then travels in the downlink envelope of
-every reply to that device (and in every notification, for a device observing ``/c``) until the
-node acknowledges or refuses it in an uplink, or it expires. Each step is an *outcome* published
-on ``<prefix>/<site>/<device>/outcome``; outcomes are spooled like readings, so they survive a
-broker outage or a crash.
+A command arrives as JSON on ``<prefix>/<site>/<device>/down`` (docs/protocol.md §8.1; the
+publisher hands it to ``command_in``), is checked (protocol/commands.py), given the next id of its
+device and stored in the state database before the gateway acknowledges the MQTT message. It
+then travels in the downlink envelope (``envelope``, protocol/envelope.py) of every reply to that
+device (and in every notification, for a device observing ``/c``: ``on_queued`` pushes one) until
+the node acknowledges or refuses it in an uplink (``answered``), or it expires. Each step is an
+*outcome* (protocol/outcomes.py) published on ``<prefix>/<site>/<device>/outcome``; outcomes are
+spooled like readings, so they survive a broker outage or a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-import cbor2
-
 from gateway.config import DownlinkConfig
-from gateway.contexts import DeviceInfo
+from gateway.contexts import ContextStore, DeviceInfo
 from gateway.metrics import Metrics
-from gateway.store import Batch
-from protocol import commands
+from gateway.store import GroupCommitter
+from protocol import commands, outcomes, topics
+from protocol.envelope import command as command_wire
+from protocol.envelope import encode as encode_envelope
+from protocol.outcomes import (
+    ACKNOWLEDGED,
+    DELIVERED,
+    EXPIRED,
+    QUEUED,
+    REFUSED,
+    REJECTED,
+    SUPERSEDED,
+)
 
 log = logging.getLogger("gateway.downlink")
 
 ENVELOPE_BUDGET = 512   # bytes of commands in one envelope (the node's datagram is 1280 at most)
 MAX_REF = 64
-
-QUEUED, DELIVERED, ACKNOWLEDGED, REJECTED, EXPIRED, REFUSED, SUPERSEDED = (
-    "queued", "delivered", "acknowledged", "rejected", "expired", "refused", "superseded")
 
 
 @dataclass
@@ -50,55 +58,64 @@ class Pending:
                 self.created, self.expires, self.delivered)
 
 
-def outcome_payload(device: str, cmd: Pending | None, outcome: str, now: float, *,
-                    reason: str | None = None, ref: str | None = None,
-                    name: str | None = None) -> bytes:
-    msg: dict = {"device": device, "outcome": outcome, "t": round(now, 3)}
-    if cmd is not None:
-        msg.update(id=cmd.id, cmd=cmd.name)
-        if cmd.ref is not None:
-            msg["ref"] = cmd.ref
-    else:
-        if name is not None:
-            msg["cmd"] = name
-        if ref is not None:
-            msg["ref"] = ref
-    if reason:
-        msg["reason"] = reason
-    return json.dumps(msg, separators=(",", ":")).encode()
-
-
-# Spools an outcome message: (device info or (site, device id), payload) into the open batch.
-SpoolOutcome = Callable[[str, str, bytes], None]
-
-
 class Downlink:
-    def __init__(self, cfg: DownlinkConfig, spool_outcome: SpoolOutcome,
-                 batch: Callable[[], Batch], metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: DownlinkConfig, committer: GroupCommitter, prefix: str,
+                 contexts: ContextStore, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
         self._metrics = metrics
-        self._spool_outcome = spool_outcome
-        self._batch = batch
+        self._committer = committer
+        self._prefix = prefix
+        self._contexts = contexts
         self.pending: dict[str, list[Pending]] = {}
         self.last_id: dict[str, int] = {}
         self.counts: dict[str, int] = {}
+        # Called with a device a command was queued for (the observations push it at once).
+        self.on_queued: Callable[[DeviceInfo], object] | None = None
 
     def load(self, rows: list[tuple], last_ids: dict[str, int]) -> None:
         self.last_id = dict(last_ids)
         for device, cid, name, args, ref, created, expires, delivered in rows:
             cmd = Pending(device, cid, name, json.loads(args), ref, created, expires, delivered)
-            cmd.wire = cbor2.dumps([cid, name, cmd.args])
+            cmd.wire = command_wire(cid, name, cmd.args)
             self.pending.setdefault(device, []).append(cmd)
 
-    def _outcome(self, info: DeviceInfo, cmd: Pending | None, outcome: str, now: float,
-                 **extra) -> None:
+    def _outcome(self, info: DeviceInfo, cmd: Pending | None, outcome: str, now: float, *,
+                 reason: str | None = None, ref: str | None = None,
+                 name: str | None = None) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if self._metrics is not None:
             self._metrics.inc("commands_total", outcome=outcome)
-        self._spool_outcome(info.site, info.id, outcome_payload(info.id, cmd, outcome, now,
-                                                                **extra))
+        if cmd is not None:
+            payload = outcomes.payload(info.id, outcome, now, cid=cmd.id, name=cmd.name,
+                                       ref=cmd.ref, reason=reason)
+        else:
+            payload = outcomes.payload(info.id, outcome, now, name=name, ref=ref, reason=reason)
+        self._spool_outcome(info.site, info.id, payload)
+
+    def _spool_outcome(self, site: str, device: str, payload: bytes) -> None:
+        ctx = self._contexts.by_id.get(device)
+        self._committer.spool(ctx.kid_int if ctx else 0, time.time(),
+                              topics.device(self._prefix, site, device, topics.OUTCOME), payload)
 
     # --- in -------------------------------------------------------------------------------
+
+    def command_in(self, site: str, device: str, payload: bytes,
+                   done: Callable[[], None]) -> None:
+        """A command from ``<prefix>/<site>/<device>/down``: queued (and pushed to an observer)
+        or refused, an outcome either way; ``done`` (the PUBACK) once that is durable."""
+        now = time.time()
+        ctx = self._contexts.by_id.get(device)
+        if ctx is None or ctx.info.site != site:
+            self._spool_outcome(site, device, outcomes.payload(
+                device, REFUSED, now, reason="no device %s at site %s in the registry"
+                % (device, site)))
+        else:
+            cmd = self.submit(ctx.info, payload, now)
+            if cmd is not None and self.on_queued is not None:
+                self.on_queued(ctx.info)
+        committer = self._committer
+        committer.batch.after.append(lambda ok: ok and done())
+        committer.kick()
 
     def submit(self, info: DeviceInfo, raw: bytes, now: float, *,
                supersede_ref: str | None = None) -> Pending | None:
@@ -143,7 +160,7 @@ class Downlink:
     def queue(self, info: DeviceInfo, name: str, args: dict, now: float, ttl: float,
               ref: str | None, *, supersede_ref: str | None = None) -> Pending | None:
         queue = self.pending.setdefault(info.id, [])
-        batch = self._batch()
+        batch = self._committer.batch
         if supersede_ref is not None:
             # A rule's command replaces its own earlier one that the node has not seen yet.
             for old in [c for c in queue if c.ref == supersede_ref and c.delivered is None]:
@@ -158,7 +175,7 @@ class Downlink:
         cid = self.last_id.get(info.id, 0) + 1
         self.last_id[info.id] = cid
         cmd = Pending(info.id, cid, name, args, ref, now, now + ttl)
-        cmd.wire = cbor2.dumps([cid, name, args])
+        cmd.wire = command_wire(cid, name, args)
         queue.append(cmd)
         batch.commands.append(cmd.row())
         batch.command_ids[info.id] = cid
@@ -166,6 +183,18 @@ class Downlink:
         return cmd
 
     # --- out ------------------------------------------------------------------------------
+
+    def envelope(self, info: DeviceInfo, observing: bool) -> bytes:
+        """The downlink envelope for an answer to ``info`` now (protocol.md §2, §8): gateway
+        time, its pending commands, the observe flag. Commands in it count as delivered."""
+        now = time.time()
+        cmds = self.for_envelope(info.id, now) if self.pending else None
+        if not cmds:
+            return encode_envelope(int(now), (), observing)
+        out = encode_envelope(int(now), [c.wire for c in cmds], observing)
+        self.delivered(info, cmds, now)
+        self._committer.kick(urgent=False)
+        return out
 
     def for_envelope(self, device: str, now: float) -> list[Pending]:
         """Pending commands for one reply, oldest first, within the envelope budget."""
@@ -185,7 +214,7 @@ class Downlink:
 
     def delivered(self, info: DeviceInfo, sent: list[Pending], now: float) -> None:
         """``sent`` left in a reply or notification: the first time is an outcome."""
-        batch = self._batch()
+        batch = self._committer.batch
         for cmd in sent:
             if cmd.delivered is None:
                 cmd.delivered = now
@@ -202,21 +231,22 @@ class Downlink:
                 queue.remove(cmd)
                 if not queue:
                     del self.pending[info.id]
-                self._batch().command_deletes.append((info.id, cid))
+                self._committer.batch.command_deletes.append((info.id, cid))
                 self._outcome(info, cmd, ACKNOWLEDGED if accepted else REJECTED, now)
                 return True
         return False
 
-    def expire(self, now: float, infos: Callable[[str], DeviceInfo | None]) -> int:
+    def expire(self, now: float) -> int:
+        """Drop the commands whose time to live has passed (outcome ``expired``)."""
         expired = 0
-        batch = self._batch()
+        batch = self._committer.batch
         for device, queue in list(self.pending.items()):
             for cmd in [c for c in queue if c.expires <= now]:
                 queue.remove(cmd)
                 batch.command_deletes.append((device, cmd.id))
-                info = infos(device)
-                if info is not None:
-                    self._outcome(info, cmd, EXPIRED, now)
+                ctx = self._contexts.by_id.get(device)
+                if ctx is not None:
+                    self._outcome(ctx.info, cmd, EXPIRED, now)
                 expired += 1
             if not queue:
                 del self.pending[device]

@@ -1,7 +1,11 @@
 """The gateway's CoAP endpoint: datagrams in, OSCORE verified, requests dispatched, replies out.
 
 One object reads the socket and does the message layer (RFC 7252), the OSCORE layer
-(RFC 8613, gateway/oscore.py) and the dispatch to the resources (gateway/server.py).
+(RFC 8613, gateway/oscore.py) and hands each verified request to the resources
+(gateway/resources.py). What it does not know is what a resource means: the uplink rules
+(gateway/uplink.py) and the observations of ``/c`` with their confirmable notifications
+(gateway/observe.py) live beside it. Observe gets the ACKs and Resets of its notifications
+through one hook, ``on_empty``, and builds its datagrams with ``build``.
 
 The rule that makes acknowledgements trustworthy: **a protected response leaves only after the
 state that explains it is durable.** Every verified request advances the device's replay window
@@ -34,9 +38,6 @@ from gateway.store import GroupCommitter
 
 log = logging.getLogger("gateway.coap")
 
-ACK_TIMEOUT_S = 2.0
-ACK_RANDOM_FACTOR = 1.5
-MAX_RETRANSMIT = 4
 RETRY_AFTER_S = 30          # Max-Age of a 5.03 when the gateway cannot store the reading
 
 # Outer options a protected request may carry besides OSCORE (RFC 8613 §4.1: Class U).
@@ -125,31 +126,20 @@ class _Sender:
             log.debug("cannot send to %s: %s", addr[0], exc)
 
 
-class _Notification:
-    __slots__ = ("addr", "mid", "datagram", "tries", "timer", "on_lost", "on_acked")
-
-    def __init__(self, addr, mid, datagram, on_lost, on_acked) -> None:
-        self.addr = addr
-        self.mid = mid
-        self.datagram = datagram
-        self.tries = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.on_lost = on_lost
-        self.on_acked = on_acked
-
-
 class Endpoint:
-    def __init__(self, contexts: ContextStore, committer: GroupCommitter, metrics: Metrics,
-                 handler: Handler, unprotected: Callable[[coap.Message], Reply]) -> None:
+    def __init__(self, contexts: ContextStore, committer: GroupCommitter,
+                 metrics: Metrics) -> None:
         self.contexts = contexts
         self.committer = committer
         self.metrics = metrics
-        self.handler = handler
-        self.unprotected_handler = unprotected
+        self.handler: Handler | None = None
+        self.unprotected_handler: Callable[[coap.Message], Reply] | None = None
         self.transport: _Sender | None = None
         self._dirty: dict[int, DeviceContext] = {}
         self._mid = random.randrange(65536)
-        self._notifications: dict[tuple, _Notification] = {}
+        # An empty ACK or Reset from a peer: f(addr, message id, reset). The gateway sends no
+        # requests, so these answer its confirmable notifications (gateway/observe.py).
+        self.on_empty: Callable[[tuple, int, bool], None] | None = None
         self._k_in = metrics.key("frames_in_total")
         self._k_dup = metrics.key("duplicates_total")
         self._k_control = metrics.key("control_messages_total")
@@ -157,9 +147,13 @@ class Endpoint:
 
     # --- transport ------------------------------------------------------------------------
 
-    def attach(self, sock, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve ``sock`` directly: asyncio's datagram transport reads one datagram per turn
-        of the event loop; under load this reads up to ``_BURST`` at a time."""
+    def attach(self, sock, loop: asyncio.AbstractEventLoop, handler: Handler,
+               unprotected: Callable[[coap.Message], Reply]) -> None:
+        """Serve ``sock`` directly, verified requests to ``handler``, unprotected ones to
+        ``unprotected`` (gateway/resources.py): asyncio's datagram transport reads one datagram
+        per turn of the event loop; under load this reads up to ``_BURST`` at a time."""
+        self.handler = handler
+        self.unprotected_handler = unprotected
         self.sock = sock
         self.transport = _Sender(sock, self.metrics)
         loop.add_reader(sock.fileno(), self._readable)
@@ -208,8 +202,8 @@ class Endpoint:
             self.metrics.counters[self._k_control] += 1
             if msg.mtype == coap.CON:        # CoAP ping
                 self.transport.sendto(coap.empty(coap.RST, msg.mid), addr)
-            elif msg.mtype in (coap.ACK, coap.RST):
-                self._peer_answered(addr, msg.mid, msg.mtype == coap.RST)
+            elif msg.mtype in (coap.ACK, coap.RST) and self.on_empty is not None:
+                self.on_empty(addr, msg.mid, msg.mtype == coap.RST)
             return
         if not coap.is_request(code) or msg.mtype not in (coap.CON, coap.NON):
             # Responses are never expected here (the gateway sends no requests).
@@ -390,8 +384,11 @@ class Endpoint:
         self.committer.batch.after.append(fn)
         self.committer.kick()
 
-    def _build(self, ex: Exchange, reply: Reply, *, observe: int | None = None,
-               mtype: int | None = None, mid: int | None = None) -> bytes | None:
+    def build(self, ex: Exchange, reply: Reply, *, observe: int | None = None,
+              mtype: int | None = None, mid: int | None = None) -> bytes | None:
+        """The protected datagram answering ``ex`` with ``reply``: piggybacked on the ACK of a
+        confirmable request, or (``mtype``, ``mid``) as given, for notifications. None when it
+        would use the request's nonce a second time."""
         if ex.own_piv is None and ex.nonce_used:
             # A second answer under the request's nonce would reuse it: never.
             log.error("second answer to one request from device=%s dropped", ex.ctx.info.id)
@@ -422,70 +419,11 @@ class Endpoint:
         return coap.encode_raw(mtype, outer_code, mid, ex.token, outer, ciphertext)
 
     def _send_protected(self, ex: Exchange, reply: Reply) -> None:
-        datagram = self._build(ex, reply, observe=reply.observe)
+        datagram = self.build(ex, reply, observe=reply.observe)
         if datagram is not None:
             self.transport.sendto(datagram, ex.addr)
             self._ack_latency.observe(time.time() - ex.received)
 
-    # --- notifications (RFC 7641), sent confirmable --------------------------------------
-
-    def notify(self, ex: Exchange, reply: Reply | Callable[[], Reply], *,
-               on_lost: Callable[[], None],
-               on_acked: Callable[[], None] | None = None) -> None:
-        """Send ``reply`` as a notification of the observation made by ``ex``, with a fresh
-        Partial IV, after the commit that makes its sequence-number mark durable."""
-        note_ex = ex.copy()
-        self._take_own_piv(note_ex)
-        seq = int.from_bytes(note_ex.own_piv, "big")
-
-        def send(ok: bool) -> None:
-            if not ok:
-                return
-            mid = self.next_mid()
-            datagram = self._build(note_ex, reply() if callable(reply) else reply,
-                                   observe=seq, mtype=coap.CON, mid=mid)
-            key = (ex.addr, ex.token)
-            old = self._notifications.pop(key, None)
-            note = _Notification(ex.addr, mid, datagram, on_lost, on_acked)
-            if old is not None:
-                # RFC 7641 §4.5.2: a newer notification replaces one still being retransmitted,
-                # keeping its retransmission count.
-                if old.timer is not None:
-                    old.timer.cancel()
-                note.tries = old.tries
-            self._notifications[key] = note
-            self._transmit(key, note)
-
-        self.after_commit(send)
-
-    def _transmit(self, key, note: _Notification) -> None:
-        self.transport.sendto(note.datagram, note.addr)
-        timeout = ACK_TIMEOUT_S * random.uniform(1, ACK_RANDOM_FACTOR) * (2 ** note.tries)
-        note.timer = asyncio.get_running_loop().call_later(timeout, self._retransmit, key, note)
-
-    def _retransmit(self, key, note: _Notification) -> None:
-        if self._notifications.get(key) is not note:
-            return
-        note.tries += 1
-        if note.tries > MAX_RETRANSMIT:
-            del self._notifications[key]
-            note.on_lost()
-            return
-        self._transmit(key, note)
-
-    def _peer_answered(self, addr, mid: int, reset: bool) -> None:
-        for key, note in list(self._notifications.items()):
-            if note.addr == addr and note.mid == mid:
-                del self._notifications[key]
-                if note.timer is not None:
-                    note.timer.cancel()
-                if reset:
-                    note.on_lost()
-                elif note.on_acked is not None:
-                    note.on_acked()
-                return
-
-    def forget_notifications(self, addr, token: bytes) -> None:
-        note = self._notifications.pop((addr, token), None)
-        if note is not None and note.timer is not None:
-            note.timer.cancel()
+    def send(self, datagram: bytes, addr) -> None:
+        """A datagram out on the socket (a full send buffer drops it and counts it)."""
+        self.transport.sendto(datagram, addr)

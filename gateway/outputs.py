@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 from gateway.contexts import DeviceInfo
 from gateway.senml import Record
+from protocol import topics
 from protocol.vocabulary import BY_NAME, CONTROL_NAMES
 
 STATUS_NAMES = ("fw", "app", "reset", "boots", "uptime", "heap", "faults", "rssi", "batt", "temp")
@@ -63,7 +64,7 @@ class DeviceState:
 def ha_discovery(prefix: str, discovery_prefix: str, info: DeviceInfo,
                  names: list[str]) -> list[tuple[str, bytes]]:
     """(topic, retained config) per quantity, for Home Assistant's MQTT discovery."""
-    up = "%s/%s/%s/up" % (prefix, info.site, info.id)
+    up = topics.device(prefix, info.site, info.id, topics.UP)
     device = {"identifiers": ["citytestbed-" + info.id], "name": info.id,
               "model": "citytestbed %s node" % info.role, "manufacturer": "citytestbed",
               "suggested_area": info.site}

@@ -5,8 +5,9 @@
   session is persistent, so the broker also keeps commands sent while the gateway was away.
 - Reconnects with exponential backoff and jitter; a PUBACK that does not come within
   ``publish_timeout_s`` counts the connection as dead (a broker that accepts TCP but stalls).
-- Spooled rows are published QoS 1 in id order and deleted only after their PUBACK. New rows
-  come straight from the committer while the publisher keeps up; after an outage, a restart or
+- Spooled rows (``SpoolRow``, gateway/store.py) are published QoS 1 in id order and deleted
+  only after their PUBACK. New rows come straight from the committer, as it committed them,
+  while the publisher keeps up; after an outage, a restart or
   when the in-memory queue is full it reads them back from the spool in pages. On reconnect every
   row without PUBACK is sent again (at-least-once: a consumer can see a message twice after a
   broker restart or a gateway crash, never zero times).
@@ -28,7 +29,8 @@ from typing import Callable
 from gateway.config import MqttConfig
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttClient, MqttError, Will
-from gateway.store import GroupCommitter
+from gateway.store import GroupCommitter, SpoolRow
+from protocol import topics
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -36,10 +38,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 QUEUE_MAX = 20_000      # rows held in memory for publishing; beyond, they are read back
 PAGE = 2000
-
-# (id, topic, payload, retain, received_at) — received_at is 0 for rows read back
-Row = tuple[int, str, bytes, int, float]
-FRAME_LEAVES = ("up", "status")
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
@@ -54,33 +52,33 @@ class Publisher:
                  metrics: Metrics, stats: Callable[[], dict]) -> None:
         self.cfg = cfg
         self.gateway_id = gateway_id
-        self.state_topic = "%s/gateway/%s/state" % (cfg.prefix, gateway_id)
-        self.stats_topic = "%s/gateway/%s/stats" % (cfg.prefix, gateway_id)
-        self.down_filter = "%s/+/+/down" % cfg.prefix
+        self.state_topic = topics.gateway_state(cfg.prefix, gateway_id)
+        self.stats_topic = topics.gateway_stats(cfg.prefix, gateway_id)
+        self.down_filter = topics.down_filter(cfg.prefix)
         self.committer = committer
         self.metrics = metrics
         self.stats = stats
         self.on_command: Callable[[str, str, bytes, Callable[[], None]], None] | None = None
         self.connected = asyncio.Event()
         self.client: MqttClient | None = None
-        self.queue: deque[Row] = deque()
+        self.queue: deque[SpoolRow] = deque()
         self.backlog_from: int | None = 0     # None: live; else read rows with id > this
         self._wake = asyncio.Event()
         self._tls = tls_context(cfg) if cfg.tls else None
         self._latency = metrics.histograms["publish_latency_seconds"]
         self._k_published = {leaf: metrics.key("frames_published_total", resource=leaf)
-                             for leaf in FRAME_LEAVES}
+                             for leaf in topics.FRAME_LEAVES}
         self.last_error = ""
         self._stopping = False
 
     # --- rows in ----------------------------------------------------------------------------
 
-    def committed(self, rows: list[Row]) -> None:
-        """Rows that just became durable (called after each commit)."""
+    def committed(self, rows: list[SpoolRow]) -> None:
+        """Rows that just became durable (a committed batch's, called after each commit)."""
         if self.backlog_from is not None:
             return      # they are in the spool; the backlog reader gets them in order
         if len(self.queue) + len(rows) > QUEUE_MAX:
-            self.backlog_from = self.queue[-1][0] if self.queue else rows[0][0] - 1
+            self.backlog_from = self.queue[-1].id if self.queue else rows[0].id - 1
             return
         self.queue.extend(rows)
         self._wake.set()
@@ -159,8 +157,9 @@ class Publisher:
                 if self.backlog_from != after:
                     continue        # the connection was lost and reset meanwhile
                 if rows:
-                    queue.extend((i, t, p, r, 0.0) for i, t, p, r in rows)
-                    self.backlog_from = rows[-1][0]
+                    # How long a row waited in the spool is not publish latency: not measured.
+                    queue.extend(row._replace(received_at=0.0) for row in rows)
+                    self.backlog_from = rows[-1].id
                 else:
                     self.backlog_from = None
                     log.info("spool caught up")
@@ -177,20 +176,19 @@ class Publisher:
             room = client.max_inflight - client.inflight
             for _ in range(min(room, len(queue), 500)):
                 row = queue.popleft()
-                client.publish(row[1], row[2], retain=bool(row[3]),
+                client.publish(row.topic, row.payload, retain=bool(row.retain),
                                on_ack=lambda row=row: self._acked(row))
             await asyncio.sleep(0)
 
-    def _acked(self, row: Row) -> None:
+    def _acked(self, row: SpoolRow) -> None:
         batch = self.committer.batch
-        batch.deletes.append(row[0])
+        batch.deletes.append(row.id)
         self.committer.kick(urgent=False)
-        leaf = row[1].rsplit("/", 1)[-1]
-        key = self._k_published.get(leaf)
+        key = self._k_published.get(topics.leaf(row.topic))
         if key is not None:
             self.metrics.counters[key] += 1
-            if row[4]:
-                self._latency.observe(time.time() - row[4])
+            if row.received_at:
+                self._latency.observe(time.time() - row.received_at)
 
     async def _watchdog(self, client: MqttClient) -> None:
         while not client.closed.done():
@@ -212,9 +210,8 @@ class Publisher:
 
     def _message(self, client: MqttClient, topic: str, payload: bytes, qos: int,
                  pid: int) -> None:
-        prefix = self.cfg.prefix + "/"
-        parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
-        if len(parts) != 3 or parts[2] != "down" or self.on_command is None:
+        device = topics.parse_down(self.cfg.prefix, topic)
+        if device is None or self.on_command is None:
             if qos:
                 client.ack(pid)
             return
@@ -225,7 +222,7 @@ class Publisher:
             if qos:
                 client.ack(pid)
 
-        self.on_command(parts[0], parts[1], payload, done)
+        self.on_command(device[0], device[1], payload, done)
 
     async def say_offline(self) -> None:
         """On a clean stop the will is not sent, so say it ourselves."""

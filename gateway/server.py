@@ -3,10 +3,18 @@
     async with Gateway(config) as gw:
         await gw.stopped()
 
-A reading is answered 2.04 only once it is durable in the spool (gateway/store.py); the spool
-is published to MQTT with QoS 1 and a row is deleted only after its PUBACK (gateway/publisher.py).
-The resources a node uses (docs/protocol.md §2): ``POST /u`` readings, ``POST /s`` status,
-``GET /c`` its commands (observable), ``GET /f/<version>/<file>`` OTA files (block-wise).
+This module only wires the parts and runs the periodic work; each step of the path is a module
+of its own (docs/gateway.md, "What happens to a frame"):
+
+- gateway/endpoint.py: datagrams in, the CoAP message layer, OSCORE, durable-then-send;
+- gateway/resources.py: the request dispatch to ``/u``, ``/s``, ``/c``, ``/f``;
+- gateway/uplink.py: the uplink rules (decode, spool, derived outputs, acks, neighbour boosts);
+- gateway/store.py: the state file and the group commit (a 2.04 only once the reading is
+  durable);
+- gateway/publisher.py: the committed spool rows to MQTT (a row deleted only after its PUBACK),
+  commands from MQTT in;
+- gateway/downlink.py: the command queue and the downlink envelope;
+- gateway/observe.py: observations of ``/c`` and their notifications.
 """
 
 from __future__ import annotations
@@ -22,43 +30,23 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import coap, outputs, senml
 from gateway.config import GatewayConfig
-from gateway.contexts import SPOOLED, ContextStore, DeviceInfo
-from gateway.downlink import Downlink, outcome_payload
-from gateway.endpoint import RETRY_AFTER_S, Endpoint, Exchange, Reply
-from gateway.errors import FrameError, StartError
+from gateway.contexts import ContextStore
+from gateway.downlink import Downlink
+from gateway.endpoint import Endpoint
+from gateway.errors import StartError
 from gateway.files import FileCache
 from gateway.metrics import Metrics, serve_http
 from gateway.observe import Observations
 from gateway.publisher import Publisher
-from gateway.rules import RULE_REF, NeighbourRule
-from gateway.store import GroupCommitter, Store
-from protocol.vocabulary import CONTROL_NAMES
+from gateway.resources import Resources
+from gateway.store import Batch, GroupCommitter, Store
+from gateway.uplink import Uplink
 from registry.db import Registry
 
 log = logging.getLogger("gateway")
-# A presence record older than this (drained from the node's queue) boosts no neighbours.
-PRESENCE_FRESH_S = 30.0
 
-_LEAVES = {"u": "up", "s": "status"}
-_CF_CBOR = [(coap.CONTENT_FORMAT, coap.uint(coap.CF_CBOR))]
-_CF_CBOR_ENCODED = coap.encode_options(_CF_CBOR)
-_WELL_KNOWN = (b'</u>;ct=112;title="readings",</s>;ct=112;title="status",'
-               b'</c>;obs;ct=60;title="commands",</f>;title="OTA files"')
 _SOCKET_BUFFER = 4 * 1024 * 1024
-
-
-def _uint_cbor(n: int) -> bytes:
-    if n < 24:
-        return bytes((n,))
-    if n < 256:
-        return bytes((0x18, n))
-    if n < 65536:
-        return b"\x19" + n.to_bytes(2, "big")
-    if n < 2 ** 32:
-        return b"\x1a" + n.to_bytes(4, "big")
-    return b"\x1b" + n.to_bytes(8, "big")
 
 
 class Gateway:
@@ -73,16 +61,13 @@ class Gateway:
         self.publisher: Publisher | None = None
         self.downlink: Downlink | None = None
         self.observations: Observations | None = None
+        self.uplink: Uplink | None = None
+        self.resources: Resources | None = None
         self.files = FileCache(config.files_dir, config.files.source, config.files.block_size)
-        self.rule = NeighbourRule(config.neighbours)
-        self._rule_indexed = 0
-        self.states: dict[str, outputs.DeviceState] = {}
-        self._ha_announced: dict[str, frozenset[str]] = {}
         self._registry: Registry | None = None
         self._http: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
-        self._k_accepted: dict[tuple[str, str], tuple] = {}
         self._spool_full_since: float | None = None
 
     # --- start and stop -------------------------------------------------------------------
@@ -108,18 +93,25 @@ class Gateway:
         except SQLAlchemyError as exc:
             raise StartError("cannot read the registry %s: %s" % (
                 cfg.registry.shown, str(exc).splitlines()[0])) from None
-        self.downlink = Downlink(cfg.downlink, self._spool_outcome, lambda: self.committer.batch,
+        # A reading: endpoint -> resources -> uplink -> the committer's batch -> (durable) the
+        # 2.04 back through the endpoint, the rows to the publisher. A command: publisher ->
+        # downlink -> the batch -> (durable) PUBACK, a notification through observe.
+        self.downlink = Downlink(cfg.downlink, self.committer, cfg.mqtt.prefix, self.contexts,
                                  self.metrics)
         self.downlink.load(loaded.commands, loaded.command_ids)
-        self._index_rule()
         self.publisher = Publisher(cfg.mqtt, cfg.id, self.committer, self.metrics, self.stats)
-        self.publisher.on_command = self._command_in
-        self.endpoint = Endpoint(self.contexts, self.committer, self.metrics, self._handle,
-                                 self._unprotected)
+        self.publisher.on_command = self.downlink.command_in
+        self.endpoint = Endpoint(self.contexts, self.committer, self.metrics)
         self.observations = Observations(self.endpoint, self.metrics,
-                                         cfg.downlink.observe_refresh_s, self._envelope)
+                                         cfg.downlink.observe_refresh_s, self.downlink.envelope)
+        self.downlink.on_queued = self.observations.push
+        self.uplink = Uplink(cfg, self.committer, self.contexts, self.downlink,
+                             self.observations, self.metrics)
+        self.uplink.index_rule()
+        self.resources = Resources(self.uplink, self.observations, self.files, self.metrics)
         self._register_gauges()
-        self.endpoint.attach(self._socket(), loop)
+        self.endpoint.attach(self._socket(), loop, self.resources.handle,
+                             self.resources.unprotected)
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="mqtt"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if cfg.files.source is not None:
@@ -174,182 +166,11 @@ class Gateway:
     async def stopped(self) -> None:
         await self._stop.wait()
 
-    # --- requests -------------------------------------------------------------------------
-
-    def _unprotected(self, msg: coap.Message) -> Reply:
-        path = coap.uri_path(msg.options)
-        if msg.code == coap.GET and path == (".well-known", "core"):
-            self.metrics.inc("requests_served_total", resource="well-known")
-            return Reply(coap.CONTENT, [(coap.CONTENT_FORMAT, coap.uint(coap.CF_LINK_FORMAT))],
-                         _WELL_KNOWN)
-        self.metrics.reject("unprotected", "request without OSCORE for /%s" % "/".join(path))
-        return Reply(coap.UNAUTHORIZED, payload=b"OSCORE required")
-
-    def _handle(self, ex: Exchange):
-        path = ex.path
-        who = ex.ctx.info.id
-        if len(path) == 1 and path[0] in _LEAVES:
-            if ex.code != coap.POST:
-                self.metrics.reject("method_not_allowed", "/%s" % path[0], who)
-                return Reply(coap.METHOD_NOT_ALLOWED)
-            return self._uplink(ex, _LEAVES[path[0]])
-        if path == ("c",):
-            if ex.code != coap.GET:
-                self.metrics.reject("method_not_allowed", "/c", who)
-                return Reply(coap.METHOD_NOT_ALLOWED)
-            self.metrics.inc("requests_served_total", resource="c")
-            return self.observations.handle(ex)
-        if path and path[0] == "f":
-            if ex.code != coap.GET:
-                self.metrics.reject("method_not_allowed", "/f", who)
-                return Reply(coap.METHOD_NOT_ALLOWED)
-            reply = self.files.serve(path, ex.option(coap.BLOCK2))
-            if reply.code == coap.CONTENT:
-                self.metrics.inc("file_blocks_total")
-                self.metrics.inc("requests_served_total", resource="f")
-            else:
-                self.metrics.reject("not_found" if reply.code == coap.NOT_FOUND
-                                    else "bad_block", "/%s" % "/".join(path), who)
-            return reply
-        self.metrics.reject("not_found", "/%s" % "/".join(path), who)
-        return Reply(coap.NOT_FOUND)
-
-    def _uplink(self, ex: Exchange, leaf: str):
-        ctx = ex.ctx
-        info = ctx.info
-        if ex.repeat and ex.entry[3] == SPOOLED:
-            ex.spooled = True
-            self.metrics.inc("duplicates_total")
-            return lambda: self._changed(info)      # answered again, stored once
-        cf = ex.option(coap.CONTENT_FORMAT)
-        if cf is not None and coap.decode_uint(cf) != coap.CF_SENML_CBOR:
-            self.metrics.reject("bad_content_format", str(coap.decode_uint(cf)), info.id)
-            return Reply(coap.UNSUPPORTED_CONTENT_FORMAT)
-        now = ex.received
-        try:
-            records = senml.decode(ex.payload, now)
-        except FrameError as exc:
-            self.metrics.reject(exc.reason, exc.detail, info.id)
-            return Reply(coap.BAD_REQUEST, payload=exc.reason.encode())
-        if self.store.full() and self.config.spool.when_full == "reject":
-            self.metrics.reject("spool_full", "%d readings spooled" % self.store.rows, info.id)
-            return Reply(coap.SERVICE_UNAVAILABLE, [(coap.MAX_AGE, coap.uint(RETRY_AFTER_S))])
-        data = [r for r in records if r.name not in CONTROL_NAMES]
-        batch = self.committer.batch
-        prefix = self.config.mqtt.prefix
-        if data:
-            topic = "%s/%s/%s/%s" % (prefix, info.site, info.id, leaf)
-            batch.rows.append((self.store.next_id(), ctx.kid_int, now, topic,
-                               senml.to_json(info.id, data), 0))
-            self._derived(info, data, leaf, now)
-        if len(data) != len(records):
-            for r in records:
-                if r.name in CONTROL_NAMES:
-                    self.downlink.answered(info, r.value, r.name == "ack", now)
-        ex.spooled = True
-        key = self._k_accepted.get((leaf, info.role))
-        if key is None:
-            key = self._k_accepted[(leaf, info.role)] = self.metrics.key(
-                "frames_accepted_total", resource=leaf, role=info.role)
-        self.metrics.counters[key] += 1
-        if info.role == "lighting" and self.rule.cfg.enabled:
-            for r in data:
-                # Presence drained from a node's queue is history: only a fresh one boosts.
-                if r.name == "pres" and r.value is True and r.time >= now - PRESENCE_FRESH_S:
-                    self._boost_neighbours(info, now)
-                    break
-        return lambda: self._changed(info)
-
-    def _derived(self, info: DeviceInfo, data: list[senml.Record], leaf: str,
-                 now: float) -> None:
-        """Device state, Home Assistant discovery, SensorThings: spooled with the frame."""
-        out = self.config.outputs
-        prefix = self.config.mqtt.prefix
-        rows = self.committer.batch.rows
-        kid = int.from_bytes(info.kid, "big")
-        if out.device_state:
-            state = self.states.get(info.id)
-            if state is None:
-                state = self.states[info.id] = outputs.DeviceState()
-            state.update(data, now)
-            if leaf == "status" or now - state.last_sent >= self.config.mqtt.state_interval_s:
-                state.last_sent = now
-                rows.append((self.store.next_id(), kid, now,
-                             "%s/%s/%s/state" % (prefix, info.site, info.id),
-                             state.message(info), 1))
-        if out.home_assistant:
-            names = frozenset(r.name for r in data)
-            seen = self._ha_announced.get(info.id, frozenset())
-            if not names <= seen:
-                for topic, payload in outputs.ha_discovery(prefix, out.home_assistant_prefix,
-                                                           info, sorted(names - seen)):
-                    rows.append((self.store.next_id(), kid, now, topic, payload, 1))
-                self._ha_announced[info.id] = seen | names
-        if out.sensorthings:
-            for topic, payload in outputs.sensorthings(out.sensorthings_prefix, info, data):
-                rows.append((self.store.next_id(), kid, now, topic, payload, 0))
-
-    def _envelope(self, info: DeviceInfo, observing: bool) -> bytes:
-        """The downlink envelope (protocol.md §2, §8): gateway time, commands, observe flag.
-        Commands in it count as delivered."""
-        now = time.time()
-        cmds = self.downlink.for_envelope(info.id, now) if self.downlink.pending else []
-        n = 1 + bool(cmds) + observing
-        out = bytes((0xA0 | n,)) + b"\x01" + _uint_cbor(int(now))
-        if cmds:
-            out += b"\x02" + bytes((0x80 | len(cmds),)) + b"".join(c.wire for c in cmds)
-            self.downlink.delivered(info, cmds, now)
-            self.committer.kick(urgent=False)
-        if observing:
-            out += b"\x03\xf5"
-        return out
-
-    def _changed(self, info: DeviceInfo) -> Reply:
-        observing = self.observations.observing(info.id) if self.observations.by_device \
-            else False
-        return Reply(coap.CHANGED, _CF_CBOR, self._envelope(info, observing),
-                     encoded_options=_CF_CBOR_ENCODED)
-
-    def _committed(self, batch) -> None:
-        self.publisher.committed([(r[0], r[3], r[4], r[5], r[2]) for r in batch.rows])
+    def _committed(self, batch: Batch) -> None:
+        """A batch with spool rows is durable: they go to the publisher as they are."""
+        self.publisher.committed(batch.rows)
         self.metrics.inc("state_commits_total")
         self.metrics.histograms["commit_seconds"].observe(self.committer.last_commit_s)
-
-    # --- commands -------------------------------------------------------------------------
-
-    def _spool_outcome(self, site: str, device: str, payload: bytes) -> None:
-        ctx = self.contexts.by_id.get(device)
-        self.committer.batch.rows.append((
-            self.store.next_id(), ctx.kid_int if ctx else 0, time.time(),
-            "%s/%s/%s/outcome" % (self.config.mqtt.prefix, site, device), payload, 0))
-
-    def _command_in(self, site: str, device: str, payload: bytes, done) -> None:
-        now = time.time()
-        ctx = self.contexts.by_id.get(device)
-        if ctx is None or ctx.info.site != site:
-            self._spool_outcome(site, device, outcome_payload(
-                device, None, "refused", now, reason="no device %s at site %s in the registry"
-                % (device, site)))
-        else:
-            cmd = self.downlink.submit(ctx.info, payload, now)
-            if cmd is not None:
-                self.observations.push(ctx.info)
-        self.endpoint.after_commit(lambda ok: ok and done())
-
-    def _index_rule(self) -> None:
-        self.rule.index([c.info for c in self.contexts.by_kid.values()])
-        self._rule_indexed = len(self.contexts.by_kid)
-
-    def _boost_neighbours(self, info: DeviceInfo, now: float) -> None:
-        nb = self.config.neighbours
-        if len(self.contexts.by_kid) != self._rule_indexed:
-            self._index_rule()  # a lamp made contact since: it may be a neighbour
-        for lamp in self.rule.on_presence(info, now):
-            cmd = self.downlink.queue(lamp, "boost", {"level": nb.level, "hold_s": nb.hold_s},
-                                      now, float(nb.hold_s), RULE_REF, supersede_ref=RULE_REF)
-            if cmd is not None:
-                self.metrics.inc("neighbour_boosts_total")
-                self.observations.push(lamp)
 
     # --- periodic work --------------------------------------------------------------------
 
@@ -362,7 +183,7 @@ class Gateway:
             tick += 1
             try:
                 now = time.time()
-                if self.downlink.pending and self.downlink.expire(now, self._device_info):
+                if self.downlink.pending and self.downlink.expire(now):
                     self.committer.kick(urgent=False)
                 if self.observations.by_device:
                     self.observations.refresh()
@@ -372,10 +193,6 @@ class Gateway:
                     await self._refresh_registry(full=tick % 600 == 0)
             except Exception:
                 log.exception("housekeeping failed; continuing")
-
-    def _device_info(self, device: str) -> DeviceInfo | None:
-        ctx = self.contexts.by_id.get(device)
-        return ctx.info if ctx is not None else None
 
     async def _trim_spool(self, now: float) -> None:
         store = self.store
@@ -405,7 +222,7 @@ class Gateway:
             devices = await loop.run_in_executor(None, registry.devices)
             self.contexts.refresh_from(devices)
         if added or full:
-            self._index_rule()
+            self.uplink.index_rule()
         if added:
             log.info("registry: %d new device(s) loaded", len(added))
 

@@ -3,7 +3,9 @@
 What lives here, and why in one file:
 
 - ``spool``: accepted readings as the MQTT messages they become (topic, SenML JSON), kept until
-  the broker has acknowledged them (PUBACK).
+  the broker has acknowledged them (PUBACK). A row is a ``SpoolRow`` from the moment the event
+  loop makes it (``GroupCommitter.spool``) to the publisher, which gets the committed rows as
+  they are.
 - ``replay``: per device, the OSCORE replay window and the recently answered requests, written
   **in the same transaction** as the readings those requests brought. After a crash the gateway
   therefore knows exactly which sequence numbers were spooled: a node's retransmission of a
@@ -29,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from gateway.config import SpoolConfig
 from gateway.errors import GatewayError
@@ -55,6 +57,17 @@ CREATE TABLE IF NOT EXISTS command_ids (device TEXT PRIMARY KEY, last_id INTEGER
 _RECENT = struct.Struct(">QHI")
 
 
+class SpoolRow(NamedTuple):
+    """One spooled MQTT message: a row of the ``spool`` table, in its column order."""
+
+    id: int              # spool order; handed out by the event loop (``Store.next_id``)
+    kid: int             # the device it came from (0: none)
+    received_at: float   # unix time the frame arrived (0.0: not known, not measured)
+    topic: str
+    payload: bytes
+    retain: int          # 1: a retained message (device state, discovery configs)
+
+
 class StoreError(GatewayError):
     """The state database cannot be written (disk full, I/O error); frames are not durable."""
 
@@ -72,8 +85,7 @@ def unpack_recent(blob: bytes) -> list[tuple[int, int, int]]:
 class Batch:
     """Everything that becomes durable together in one transaction."""
 
-    # (id, kid, received_at, topic, payload, retain)
-    rows: list[tuple[int, int, float, str, bytes, int]] = field(default_factory=list)
+    rows: list[SpoolRow] = field(default_factory=list)
     replay: dict[int, tuple[int, int, bytes, bytes]] = field(default_factory=dict)
     marks: dict[int, int] = field(default_factory=dict)
     deletes: list[int] = field(default_factory=list)
@@ -203,13 +215,13 @@ class Store:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise StoreError("cannot write %s: %s" % (self.path, exc)) from None
-        added = sum(len(r[3]) + len(r[4]) for r in b.rows)
+        added = sum(len(r.topic) + len(r.payload) for r in b.rows)
         self.rows += len(b.rows) - deleted
         self.bytes += added - deleted_bytes
         if not self.rows:
             self.oldest_at = None
         elif b.rows and self.oldest_at is None:
-            self.oldest_at = b.rows[0][2]
+            self.oldest_at = b.rows[0].received_at
 
     def _delete(self, ids: list[int]) -> tuple[int, int]:
         db = self._db
@@ -226,10 +238,12 @@ class Store:
 
     # --- reading the spool back (publisher backlog) --------------------------------------
 
-    def read_rows(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, int]]:
+    def read_rows(self, after_id: int, limit: int) -> list[SpoolRow]:
         with self._lock:
-            return self._db.execute("SELECT id, topic, payload, retain FROM spool WHERE id > ? "
-                                    "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            rows = self._db.execute("SELECT id, kid, received_at, topic, payload, retain FROM "
+                                    "spool WHERE id > ? ORDER BY id LIMIT ?",
+                                    (after_id, limit)).fetchall()
+        return list(map(SpoolRow._make, rows))
 
     def refresh_oldest(self) -> None:
         with self._lock:
@@ -315,13 +329,21 @@ class GroupCommitter:
         self._running = False
         self._timer: asyncio.TimerHandle | None = None
         self._on_error = on_error
-        # Called with each batch once it is durable, before its ``after`` callbacks.
+        # Called with each batch that spooled rows, once it is durable, before its ``after``
+        # callbacks (the publisher takes ``batch.rows`` from here).
         self.on_committed: Callable[[Batch], None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.commits = 0
         self.committed_rows = 0
         self.last_commit_s = 0.0
+
+    def spool(self, kid: int, received_at: float, topic: str, payload: bytes,
+              retain: int = 0) -> None:
+        """An MQTT message into the open batch, under the next spool id: the one place a spool
+        row is made. It is published once the batch is durable."""
+        self.batch.rows.append(SpoolRow(self.store.next_id(), kid, received_at, topic, payload,
+                                        retain))
 
     def kick(self, urgent: bool = True) -> None:
         if self._running or self._soon:

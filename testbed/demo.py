@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from protocol import topics
+from protocol.outcomes import ACKNOWLEDGED
 from testbed.bed import BoardNode, Testbed
 from testbed.broker import Broker, find_mosquitto
 from testbed.gatewayproc import PREFIX
@@ -143,14 +145,15 @@ def _format_reading(topic: str, payload: bytes) -> str:
 
 
 def _demo_line(topic: str, payload: bytes) -> None:
-    if topic.endswith("/up"):
+    leaf = topics.leaf(topic)
+    if leaf == topics.UP:
         print(_format_reading(topic, payload), flush=True)
-    elif topic.endswith("/outcome"):
+    elif leaf == topics.OUTCOME:
         try:
             msg = json.loads(payload)
         except ValueError:
             return
-        if msg.get("outcome") == "acknowledged":
+        if msg.get("outcome") == ACKNOWLEDGED:
             print("%s  %-28s %s #%s acknowledged" % (
                 time.strftime("%H:%M:%S"), topic, msg.get("cmd"), msg.get("id")), flush=True)
 
@@ -230,7 +233,8 @@ def demo(argv: list[str] | None = None) -> int:
         bed.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    received = len([m for m in watch.messages if m[0].endswith("/up")]) if watch else 0
+    received = len([m for m in watch.messages if topics.leaf(m[0]) == topics.UP]) \
+        if watch else 0
     print("stopped cleanly; %d readings arrived on MQTT" % received)
     return 0
 

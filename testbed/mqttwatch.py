@@ -10,6 +10,8 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
+from protocol import topics
+
 
 class MqttWatch:
     """Subscribes to ``topic`` in a background thread and keeps every message it sees."""
@@ -60,15 +62,15 @@ class MqttWatch:
 
 
 def records_of(messages: list[tuple[str, bytes]], device: str,
-               leaf: str = "up") -> list[dict]:
+               leaf: str = topics.UP) -> list[dict]:
     """The SenML records published for ``device`` on ``leaf`` ("up", "status"), in arrival
     order, flattened: each a dict with n, the value under "v" (whatever its kind), t and
     "frame" (the index of the MQTT message it came in)."""
     out = []
-    suffix = "/%s/%s" % (device, leaf)
     frame = 0
     for topic, payload in list(messages):
-        if not topic.endswith(suffix):
+        where = topics.split(topic)
+        if where is None or (where.device, where.leaf) != (device, leaf):
             continue
         for rec in json.loads(payload):
             value = rec.get("v", rec.get("vb", rec.get("vs")))
@@ -80,7 +82,8 @@ def records_of(messages: list[tuple[str, bytes]], device: str,
 
 def outcomes_of(messages: list[tuple[str, bytes]], device: str) -> list[dict]:
     """The gateway's command outcomes (<prefix>/<site>/<device>/outcome) for ``device``."""
-    suffix = "/%s/outcome" % device
-    return [json.loads(p) for t, p in list(messages) if t.endswith(suffix)]
+    return [json.loads(p) for t, p in list(messages)
+            if (where := topics.split(t)) is not None
+            and (where.device, where.leaf) == (device, topics.OUTCOME)]
 
 

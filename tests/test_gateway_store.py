@@ -7,11 +7,19 @@ import time
 import pytest
 
 from gateway.config import SpoolConfig
-from gateway.store import Batch, GroupCommitter, Store, StoreError, pack_recent, unpack_recent
+from gateway.store import (
+    Batch,
+    GroupCommitter,
+    SpoolRow,
+    Store,
+    StoreError,
+    pack_recent,
+    unpack_recent,
+)
 
 
 def _row(store, kid=1, t=None, size=10):
-    return (store.next_id(), kid, t or time.time(), "city/n/d/up", b"x" * size, 0)
+    return SpoolRow(store.next_id(), kid, t or time.time(), "city/n/d/up", b"x" * size, 0)
 
 
 def test_everything_in_a_batch_is_durable_together(tmp_path):

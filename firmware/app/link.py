@@ -136,7 +136,7 @@ class Link:
         if code == coap.BAD_REQUEST or code == coap.BAD_OPTION:
             self.bad_frames += 1
             return DROP
-        if code == 0x84 or code == 0x85:      # 4.04, 4.05
+        if code == coap.NOT_FOUND or code == coap.METHOD_NOT_ALLOWED:
             self.version_mismatch = True
             return KEEP
         if code == coap.SERVICE_UNAVAILABLE:

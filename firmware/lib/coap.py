@@ -26,6 +26,8 @@ CONTENT = const(0x45)  # 2.05
 BAD_REQUEST = const(0x80)  # 4.00
 UNAUTHORIZED = const(0x81)  # 4.01
 BAD_OPTION = const(0x82)  # 4.02
+NOT_FOUND = const(0x84)  # 4.04
+METHOD_NOT_ALLOWED = const(0x85)  # 4.05
 SERVICE_UNAVAILABLE = const(0xA3)  # 5.03
 
 URI_HOST = const(3)
