@@ -4,15 +4,15 @@ Every measurement a node sends is a SenML record whose name comes from this tabl
 value is an integer in the table's wire unit. The gateway turns it into the SenML unit for MQTT
 by dividing by ``scale`` (so centi-degrees travel as integers and arrive as ``Cel``).
 
-``firmware/lib/vocab.py`` is generated from this table (``python -m protocol.vocabulary``);
-a test runs that file in the MicroPython VM and fails if the two copies differ.
+``firmware/lib/vocab.py`` is generated from this table
+(``python -m protocol.vocabulary > firmware/lib/vocab.py``); a test runs that file in the
+MicroPython VM and fails if the two copies differ.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 ROLES = ("lighting", "parking", "shaft")
 
@@ -73,7 +73,8 @@ def firmware_source() -> str:
     """The MicroPython copy of the table, as written to firmware/lib/vocab.py."""
     lines = [
         "# SenML vocabulary, generated from protocol/vocabulary.py by",
-        "# `python -m protocol.vocabulary`; do not edit (a test compares the two copies).",
+        "# `python -m protocol.vocabulary > firmware/lib/vocab.py`; do not edit (a test",
+        "# compares the two copies).",
         "# Each entry: (name, wire unit, SenML unit, scale, kind, roles).",
         "TABLE = (",
     ]
@@ -89,12 +90,9 @@ def as_rows() -> list[list]:
     return [[q.name, q.wire_unit, q.unit, q.scale, q.kind, ",".join(q.roles)] for q in TABLE]
 
 
-FIRMWARE_COPY = Path(__file__).resolve().parent.parent / "firmware" / "lib" / "vocab.py"
-
-
 def main() -> int:
-    FIRMWARE_COPY.write_text(firmware_source())
-    print("wrote %s (%d quantities)" % (FIRMWARE_COPY, len(TABLE)), file=sys.stderr)
+    """Print the firmware copy (the protocol layer knows no paths: boards/nodeapp.py does)."""
+    sys.stdout.write(firmware_source())
     return 0
 
 

@@ -1,5 +1,6 @@
 # SenML vocabulary, generated from protocol/vocabulary.py by
-# `python -m protocol.vocabulary`; do not edit (a test compares the two copies).
+# `python -m protocol.vocabulary > firmware/lib/vocab.py`; do not edit (a test
+# compares the two copies).
 # Each entry: (name, wire unit, SenML unit, scale, kind, roles).
 TABLE = (
     ('level', 'mm', 'mm', 1, 'v', 'shaft'),
