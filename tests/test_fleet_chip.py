@@ -24,7 +24,7 @@ from fleet.errors import (
     FleetError,
 )
 from vboard.flash import FlashFile
-from vboard.rom import serve_in_thread, slip_encode
+from vboard.rom.session import serve_in_thread, slip_encode
 
 BOARD = board("esp32-devkitc")
 
