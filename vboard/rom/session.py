@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
 from boards.definitions import MB, SECTOR
+from vboard.errors import VBoardError
 from vboard.flash import FlashFile
 from vboard.rom.chip import _ROM_BAUD, _STUB_APB_HZ, _UART0_CLKDIV, _XTAL_HZ, _Registers
 from vboard.rom.slip import SlipDecoder, _checksum, slip_encode
@@ -112,7 +113,7 @@ def _known_stub_digests() -> frozenset[bytes] | None:
 
 # --- one client session ---------------------------------------------------------------------------
 
-class _Refused(Exception):
+class _Refused(VBoardError):
     """A request the loader answers with an error status; ``kind`` indexes _KINDS."""
 
     def __init__(self, kind: str) -> None:
@@ -120,7 +121,7 @@ class _Refused(Exception):
         self.kind = kind
 
 
-class _Silent(Exception):
+class _Silent(VBoardError):
     """A request the loader does not answer at all."""
 
 
