@@ -30,7 +30,8 @@ from hil_tests.rack import VirtualDut, show, virtual_boards
 from registry.db import Registry
 from testbed.gatewayproc import PREFIX
 from vboard.flash import FlashFile
-from vboard.rom import serve_in_thread, slip_encode
+from vboard.rom.server import serve_in_thread
+from vboard.rom.slip import slip_encode
 
 BOARD = board_def("esp32-devkitc")
 BIN = Path(sys.executable).parent

@@ -24,7 +24,8 @@ from fleet.errors import (
     FleetError,
 )
 from vboard.flash import FlashFile
-from vboard.rom import serve_in_thread, slip_encode
+from vboard.rom.server import serve_in_thread
+from vboard.rom.slip import slip_encode
 
 BOARD = board("esp32-devkitc")
 

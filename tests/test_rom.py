@@ -23,7 +23,8 @@ import pytest
 
 from boards.definitions import MB, board
 from vboard.flash import FlashFile, PowerCut
-from vboard.rom import SlipDecoder, serve_in_thread, slip_encode
+from vboard.rom.server import serve_in_thread
+from vboard.rom.slip import SlipDecoder, slip_encode
 
 BOARD = board("esp32-devkitc")
 SERIAL = 0x123456

@@ -28,7 +28,7 @@ from boards.partition_table import filesystem_partition, read_partition_table
 from vboard.console import ConsoleServer, VmProcess
 from vboard.flash import FlashFile
 from vboard.hardware.chip import machine_name
-from vboard.rom import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
+from vboard.rom.chip import DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
 from vboard.vm import SHIMS, board_heap_flag, micropython_executable, vm_env
 
 log = logging.getLogger("vboard")
@@ -69,7 +69,7 @@ class VirtualBoard:
         self.flash = FlashFile(Path(flash_path), board.flash_size)
         self.workdir = Path(workdir or Path(flash_path).parent)
         self.console = ConsoleServer(self._console_input)
-        self.rom = None            # vboard.rom.RomBootloader, when started
+        self.rom = None            # vboard.rom.server.RomBootloader, when started
         self.hardware = None       # vboard.hardware.core.BoardHardware, when the factory gives one
         self._hardware_factory = hardware_factory
         self.world = world
@@ -94,7 +94,7 @@ class VirtualBoard:
 
     async def start(self, console_port: int = 0, rom_port: int = 0,
                     host: str = "127.0.0.1") -> None:
-        from vboard.rom import RomBootloader
+        from vboard.rom.server import RomBootloader
 
         try:
             await self.console.start(host, console_port)

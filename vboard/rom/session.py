@@ -1,13 +1,4 @@
-"""The virtual ESP32's ROM serial bootloader: unmodified esptool flashes a virtual board over TCP.
-
-``RomBootloader`` serves the ESP32 (rev v3.1, ESP32-D0WD-V3, 40 MHz crystal) UART download
-protocol on a TCP port, so ``esptool --chip esp32 --port socket://HOST:PORT --before no-reset``
-reads the MAC, identifies the flash and writes, verifies, reads and erases a
-``boards.flash.FlashFile``, with and without esptool's flasher stub. The flash answers RDID
-as a GigaDevice GD25Q (C8 40 16 for 4 MB). ``start_rfc2217`` serves the same chip behind an
-RFC 2217 port with a DevKitC's auto-reset circuit, so esptool's default DTR/RTS reset
-sequences switch the board between its firmware and the ROM (recognised by intent, as
-esptool's esp_rfc2217_server does, because RFC 2217 cannot carry the line timing).
+"""One esptool client's session: the ESP32 ROM's download protocol, and its stub's.
 
 Protocol (esptool's docs/en/advanced-topics/serial-protocol.rst): SLIP frames; a request is
 ``00 op len(2) checksum(4) data``; a reply is ``01 op len(2) value(4) data status``. The status
@@ -27,46 +18,31 @@ requests the flash cannot do (misaligned erase, a range beyond the configured fl
 flash not attached) answer 0x0106; the ROM's 0xFF padding of a last block past the end of the
 flash is dropped instead of refused. Until SPI_SET_PARAMS the ROM assumes a 2 MB flash, as
 esptool's own comments say.
+
+A session holds one chip's loader state (its registers come from chip.py) and reads SLIP frames
+(slip.py). It does not know how it is reached: server.py serves it on a raw TCP port, rfc2217.py
+behind an RFC 2217 port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
 import inspect
 import json
-import logging
 import struct
-import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable, Protocol
 
-from boards.definitions import MB, SECTOR, Board
-from vboard.flash import FlashFile, PowerCut
-
-# What the ESP32's ROM prints at a reset (the ECO3 chips of current DevKitC modules): its
-# banner, then an "rst:" line per reset cause (the virtual board's boot path prints these too).
-ROM_BANNER = "ets Jul 29 2019 12:21:46\r\n\r\n"
-DOWNLOAD_LINES = ("rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
-                  "\r\nwaiting for download\r\n")
-ROM_RESET_LINE = {
-    "poweron": "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "reset": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "wdt": "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "deepsleep": "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "brownout": "rst:0xf (RTCWDT_BROWN_OUT_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
-    "download": "rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))",
-}
-
-
-log = logging.getLogger(__name__)
-
-SessionCallback = Callable[[], "Awaitable[None] | None"]
+from boards.definitions import MB, SECTOR
+from vboard.errors import VBoardError
+from vboard.flash import FlashFile
+from vboard.rom.chip import _ROM_BAUD, _STUB_APB_HZ, _UART0_CLKDIV, _XTAL_HZ, _Registers
+from vboard.rom.slip import SlipDecoder, _checksum, slip_encode
 
 # --- protocol constants ---------------------------------------------------------------------
 
@@ -95,7 +71,6 @@ _RUN_USER_CODE = 0xD3
 
 _SYNC_PAYLOAD = b"\x07\x07\x12\x20" + b"\x55" * 32
 _ROM_SYNC_VALUE = 0x20120707      # any non-zero value: esptool takes 0 to mean "stub running"
-_CHECKSUM_SEED = 0xEF
 _HEADER = struct.Struct("<BBHI")
 _DATA_HEADER = struct.Struct("<IIII")    # length, sequence, 0, 0 before _DATA payloads
 _OHAI = b"OHAI"
@@ -120,171 +95,6 @@ _STUB_MAX_READ_PACKET = 4096
 _ROM_DEFAULT_FLASH_SIZE = 2 * MB
 _BLOCK_64K = 0x10000
 ACK_TIMEOUT_S = 10.0             # the stub's READ_FLASH waits this long for the host's ack
-HANDOVER_TIMEOUT_S = 1.0         # a new client waits this long for the previous one to go
-
-# --- ESP32 memory map (esptool targets/esp32.py and the ESP32 TRM) --------------------------------
-
-_CHIP_MAGIC_ADDR = 0x40001000
-_CHIP_MAGIC = 0x00F01D83
-_EFUSE_BASE = 0x3FF5A000
-_APB_CTL_DATE = 0x3FF6607C
-_UART0_CLKDIV = 0x3FF40014
-_RTC_CALI_CFG1 = 0x3FF5F06C
-_GPIO_STRAP = 0x3FF44038
-_SPI0_BASE = 0x3FF42000
-_SPI_CMD = _SPI0_BASE + 0x00
-_SPI_ADDR = _SPI0_BASE + 0x04
-_SPI_USER = _SPI0_BASE + 0x1C
-_SPI_USER1 = _SPI0_BASE + 0x20
-_SPI_USER2 = _SPI0_BASE + 0x24
-_SPI_MISO_DLEN = _SPI0_BASE + 0x2C
-_SPI_W0 = _SPI0_BASE + 0x80
-_SPI_CMD_USR = 1 << 18
-_SPI_USR_ADDR = 1 << 30
-_SPI_USR_MISO = 1 << 28
-
-_XTAL_HZ = 40_000_000
-_STUB_APB_HZ = 80_000_000          # the stub switches the APB clock to the PLL
-_ROM_BAUD = 115200
-_CK8M_EFUSE = 50                   # with this calibration the ROM's crystal estimate is 40 MHz
-_RTC_CALI_VALUE = _XTAL_HZ * 40 // (15625 * _CK8M_EFUSE)
-_STRAP_DOWNLOAD = 0x03             # boot:0x3 DOWNLOAD_BOOT (GPIO0 low)
-
-_FLASH_MANUFACTURER = 0xC8         # GigaDevice
-_FLASH_MEMORY_TYPE = 0x40          # GD25Qxx
-
-
-def _mac_crc8(mac: bytes) -> int:
-    """The ROM's esp_crc8 over the factory MAC (CRC-8, reflected polynomial 0x8C, init 0)."""
-    crc = 0
-    for byte in mac:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8C if crc & 1 else crc >> 1
-    return crc
-
-
-def _efuse_words(mac: bytes) -> list[int]:
-    """eFuse BLOCK0 read registers of an ESP32-D0WD-V3, rev v3.1, with ``mac`` as factory MAC."""
-    return [
-        0,                                                       # no write/read protection
-        int.from_bytes(mac[2:6], "big"),                         # MAC[31:0]
-        _mac_crc8(mac) << 16 | int.from_bytes(mac[0:2], "big"),  # MAC CRC, MAC[47:32]
-        1 << 15 | 1 << 13 | 1 << 9,     # CHIP_VER_REV1, 240 MHz rated, package 1 (D0WD)
-        0x0B << 8 | _CK8M_EFUSE,        # ADC Vref calibration, 8 MHz clock calibration
-        1 << 24 | 1 << 20,              # wafer minor 1, CHIP_VER_REV2
-        0,                              # coding scheme none, no secure boot
-    ]
-
-
-def _sfdp_table(size: int) -> bytes:
-    """A short SFDP area: signature, the JEDEC basic table (density) and a vendor header."""
-    table = bytearray(b"\xff" * 0x80)
-    table[0:8] = b"SFDP\x06\x01\x01\xff"
-    table[8:16] = bytes([0x00, 0x06, 0x01, 0x09, 0x30, 0x00, 0x00, 0xFF])
-    table[16:24] = bytes([_FLASH_MANUFACTURER, 0x00, 0x01, 0x03, 0x60, 0x00, 0x00, 0xFF])
-    table[0x30:0x38] = struct.pack("<II", 0xFFF120E5, size * 8 - 1)
-    return bytes(table)
-
-
-class _Registers:
-    """The words esptool reads and writes with READ_REG/WRITE_REG, including the SPI0 user
-    command engine it drives to send RDID, RDSFDP and status commands to the flash chip."""
-
-    def __init__(self, mac: bytes, flash_size: int) -> None:
-        self._words: dict[int, int] = {
-            _CHIP_MAGIC_ADDR: _CHIP_MAGIC,
-            _APB_CTL_DATE: 1 << 31 | 0x16042000,      # bit 31 marks ECO3 (major revision 3)
-            _UART0_CLKDIV: self.clock_divider(_XTAL_HZ, _ROM_BAUD),
-            _RTC_CALI_CFG1: _RTC_CALI_VALUE << 7,
-            _GPIO_STRAP: _STRAP_DOWNLOAD,
-        }
-        for n, word in enumerate(_efuse_words(mac)):
-            self._words[_EFUSE_BASE + 4 * n] = word
-        self._rdid = bytes([_FLASH_MANUFACTURER, _FLASH_MEMORY_TYPE, flash_size.bit_length() - 1])
-        self._sfdp = _sfdp_table(flash_size)
-        self._flash_status = 0
-
-    @staticmethod
-    def clock_divider(apb_hz: int, baud: int) -> int:
-        """UART_CLKDIV_REG: integer divider in bits 0-19, 1/16 fraction in bits 20-23."""
-        sixteenths = apb_hz * 16 // max(baud, 1)
-        return (sixteenths % 16) << 20 | (sixteenths // 16) & 0xFFFFF
-
-    def read(self, addr: int) -> int:
-        return self._words.get(addr, 0)
-
-    def write(self, addr: int, value: int, mask: int) -> None:
-        self._words[addr] = (self.read(addr) & ~mask | value & mask) & 0xFFFFFFFF
-        if addr == _SPI_CMD and self._words[addr] & _SPI_CMD_USR:
-            self._run_spi_user_command()
-
-    def _run_spi_user_command(self) -> None:
-        user = self.read(_SPI_USER)
-        opcode = self.read(_SPI_USER2) & 0xFF
-        addr = 0
-        if user & _SPI_USR_ADDR:
-            addr_bits = (self.read(_SPI_USER1) >> 26 & 0x3F) + 1
-            addr = self.read(_SPI_ADDR) >> (32 - addr_bits)
-        if user & _SPI_USR_MISO:
-            reply = self._flash_reply(opcode, addr)
-            nbytes = (self.read(_SPI_MISO_DLEN) + 1 + 7) // 8
-            reply = reply[:nbytes].ljust(nbytes, b"\xff")   # nothing drives MISO: reads 1s
-            for i in range(0, nbytes, 4):   # bytes past the reply keep what the host wrote
-                reg = _SPI_W0 + i
-                chunk = reply[i:i + 4]
-                keep = self.read(reg) & ~((1 << 8 * len(chunk)) - 1)
-                self._words[reg] = keep | int.from_bytes(chunk, "little")
-        self._words[_SPI_CMD] &= ~_SPI_CMD_USR
-
-    def _flash_reply(self, opcode: int, addr: int) -> bytes:
-        if opcode == 0x9F:                       # RDID
-            return self._rdid
-        if opcode == 0x5A:                       # RDSFDP (24-bit address, 8 dummy cycles)
-            return self._sfdp[addr:addr + 64].ljust(64, b"\xff")
-        if opcode in (0x05, 0x35, 0x15):         # RDSR, RDSR2, RDSR3
-            return bytes([self._flash_status >> 8 * (0x05, 0x35, 0x15).index(opcode) & 0xFF])
-        if opcode == 0xAB:                       # release power-down / device ID
-            return bytes([self._rdid[2] - 1])
-        return b""
-
-
-# --- SLIP -----------------------------------------------------------------------------------------
-
-def slip_encode(payload: bytes) -> bytes:
-    return b"\xc0" + payload.replace(b"\xdb", b"\xdb\xdd").replace(b"\xc0", b"\xdb\xdc") + b"\xc0"
-
-
-class SlipDecoder:
-    """Splits a byte stream into SLIP frames; bytes outside frames are dropped, as the ROM
-    drops line noise."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        frames = []
-        while True:
-            start = self._buf.find(b"\xc0")
-            if start < 0:
-                self._buf.clear()
-                return frames
-            end = self._buf.find(b"\xc0", start + 1)
-            if end < 0:
-                del self._buf[:start]
-                return frames
-            body = bytes(self._buf[start + 1:end])
-            del self._buf[:end]            # the closing delimiter may open the next frame
-            if body:
-                frames.append(body.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb"))
-
-
-def _checksum(data: bytes) -> int:
-    state = _CHECKSUM_SEED
-    for byte in data:
-        state ^= byte
-    return state
 
 
 @functools.lru_cache(maxsize=1)
@@ -303,7 +113,7 @@ def _known_stub_digests() -> frozenset[bytes] | None:
 
 # --- one client session ---------------------------------------------------------------------------
 
-class _Refused(Exception):
+class _Refused(VBoardError):
     """A request the loader answers with an error status; ``kind`` indexes _KINDS."""
 
     def __init__(self, kind: str) -> None:
@@ -311,7 +121,7 @@ class _Refused(Exception):
         self.kind = kind
 
 
-class _Silent(Exception):
+class _Silent(VBoardError):
     """A request the loader does not answer at all."""
 
 
@@ -337,10 +147,24 @@ class _RamLoad:
     segments: dict[int, bytearray] = field(default_factory=dict)
 
 
+class _Bootloader(Protocol):
+    """What a session needs from the bootloader that serves it (server.RomBootloader, which
+    builds on this module)."""
+
+    flash: FlashFile
+
+    @property
+    def mac(self) -> bytes: ...
+
+    async def _session_started(self, session: _Session) -> None: ...
+
+    async def _leave_loader(self, session: _Session, state: str) -> None: ...
+
+
 class _Session:
     """One TCP client: a freshly reset chip in download mode, until the client goes away."""
 
-    def __init__(self, rom: "RomBootloader", reader: asyncio.StreamReader,
+    def __init__(self, rom: _Bootloader, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.rom = rom
         self.flash = rom.flash
@@ -789,287 +613,3 @@ _HANDLERS: dict[int, Callable[..., object]] = {
     _READ_FLASH: _Session.on_read_flash,
     _RUN_USER_CODE: _Session.on_run_user_code,
 }
-
-
-# --- the server -----------------------------------------------------------------------------------
-
-class RomBootloader:
-    """The ESP32 ROM download mode of one virtual board, served to one TCP client at a time.
-
-    ``on_session_start`` runs when a client has connected and synced (the board stops its
-    firmware: the chip is now in the download ROM); ``on_session_end`` when the ROM session is
-    over: the client disconnected, the loader was told to run user code, or a power cut
-    (``PowerCut`` from the flash's fault hook) dropped the link. Both may be plain functions or
-    coroutine functions; they run in the server's event loop. ``stop()`` does not call them.
-    The server keeps accepting clients after a power cut (esptool reconnects and retries, as
-    with a real board): a board whose power stays off should ``stop()`` its bootloader.
-    """
-
-    def __init__(self, flash: FlashFile, board: Board, serial: int, *,
-                 on_session_start: SessionCallback | None = None,
-                 on_session_end: SessionCallback | None = None) -> None:
-        if board.chip != "esp32":
-            raise ValueError("RomBootloader emulates the ESP32 ROM, board %s has a %s"
-                             % (board.name, board.chip))
-        if flash.size != board.flash_size:
-            raise ValueError("flash file is %d bytes, board %s has %d"
-                             % (flash.size, board.name, board.flash_size))
-        if not 0 <= serial < 1 << 24:
-            raise ValueError("serial must fit the 3 MAC bytes after the prefix (0..0xFFFFFF)")
-        if len(board.mac_prefix) != 3:
-            raise ValueError("board %s: mac_prefix must be 3 bytes" % board.name)
-        self.flash = flash
-        self.board = board
-        self._mac = bytes(board.mac_prefix) + serial.to_bytes(3, "big")
-        self._on_start = on_session_start
-        self._on_end = on_session_end
-        self._servers: list[asyncio.AbstractServer] = []
-        self._active: _Session | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._synced: set[_Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port: int | None = None
-        self.rfc2217_port: int | None = None
-
-    @property
-    def mac(self) -> bytes:
-        """The factory MAC in eFuse (esptool's "MAC:" line)."""
-        return self._mac
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve the raw ROM protocol (esptool's ``socket://``); returns the bound port."""
-        server = await asyncio.start_server(self._on_connect, host, port)
-        self._servers.append(server)
-        self.port = server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def start_rfc2217(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve the chip behind an RFC 2217 port with a DevKitC auto-reset circuit (esptool's
-        ``rfc2217://``, default reset sequences work); returns the bound port."""
-        server = await asyncio.start_server(self._on_connect_rfc2217, host, port)
-        self._servers.append(server)
-        self.rfc2217_port = server.sockets[0].getsockname()[1]
-        return self.rfc2217_port
-
-    async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-
-    async def _claim(self, session: _Session) -> bool:
-        """One client at a time, like an exclusively opened serial port. A client arriving
-        just as the previous one hangs up gets a moment for that hang-up to be processed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HANDOVER_TIMEOUT_S
-        while self._active is not None:
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(deadline - loop.time(), 0))
-            except asyncio.TimeoutError:
-                log.info("refusing a second client: the port is in use")
-                session.writer.close()
-                return False
-        self._active = session
-        self._idle.clear()
-        return True
-
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        session = _Session(self, reader, writer)
-        if await self._claim(session):
-            await self._run(session)
-
-    async def _on_connect_rfc2217(self, reader: asyncio.StreamReader,
-                                  writer: asyncio.StreamWriter) -> None:
-        session = _Session(self, reader, writer)
-        if await self._claim(session):
-            _Rfc2217Port(self, session, writer)
-            await self._run(session)
-
-    async def _run(self, session: _Session) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await session.serve()
-        except PowerCut:
-            log.info("power cut during a ROM session: link dropped")
-        except ConnectionError:
-            pass
-        except asyncio.CancelledError:
-            self._synced.discard(session)             # stop(): no callbacks
-            raise
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            session.writer.close()
-            self._active = None
-            self._idle.set()
-        await self._session_ended(session)
-
-    async def _session_started(self, session: _Session) -> None:
-        if session in self._synced:
-            return
-        self._synced.add(session)
-        await _call(self._on_start, "on_session_start")
-
-    async def _session_ended(self, session: _Session) -> None:
-        if session in self._synced:
-            self._synced.discard(session)
-            await _call(self._on_end, "on_session_end")
-
-    async def _leave_loader(self, session: _Session, state: str) -> None:
-        """The loader stops answering: it jumped to user code in flash ("app") or RAM ("ram")."""
-        session.state = state
-        if state == "app":
-            await self._session_ended(session)
-
-
-async def _call(callback: SessionCallback | None, name: str) -> None:
-    if callback is None:
-        return
-    try:
-        result = callback()
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("%s callback failed", name)
-
-
-# --- RFC 2217 with a DevKitC auto-reset circuit ---------------------------------------------------
-
-_DOWNLOAD_BOOT = (ROM_BANNER + DOWNLOAD_LINES).encode()
-_FLASH_BOOT = (ROM_BANNER + ROM_RESET_LINE["poweron"] + "\r\n").encode()
-
-
-class _ModemLines:
-    """The serial port object pyserial's PortManager drives. On a DevKitC, RTS pulls EN low
-    and DTR pulls GPIO0 low; but RFC 2217 delivers each line change a network round trip (in
-    pyserial's client at least 50 ms) apart, so transient line states last far longer than the
-    board's EN delay masks. Like esptool's esp_rfc2217_server, the sequences are therefore
-    recognised by intent: asserting DTR starts a reset into the download ROM (esptool's
-    classic reset), releasing RTS outside that sequence is a hard reset into the firmware,
-    releasing DTR ends the sequence."""
-
-    def __init__(self, on_reset: Callable[[bool], None]) -> None:
-        self._on_reset = on_reset
-        self._dtr = False
-        self._rts = False
-        self._download_sequence = False
-        self.baudrate = _ROM_BAUD
-        self.bytesize = 8
-        self.parity = "N"
-        self.stopbits = 1
-        self.xonxoff = False
-        self.rtscts = False
-        self.break_condition = False
-        self.cts = self.dsr = self.ri = self.cd = False
-
-    @property
-    def dtr(self) -> bool:
-        return self._dtr
-
-    @dtr.setter
-    def dtr(self, value: bool) -> None:
-        self._dtr = bool(value)
-        if not self._dtr:
-            self._download_sequence = False
-        elif not self._download_sequence:
-            self._download_sequence = True
-            self._on_reset(True)                 # EN pulsed with GPIO0 held low
-
-    @property
-    def rts(self) -> bool:
-        return self._rts
-
-    @rts.setter
-    def rts(self, value: bool) -> None:
-        self._rts = bool(value)
-        if not self._rts and not self._download_sequence:
-            self._on_reset(False)                # EN pulsed, GPIO0 high: boot from flash
-
-    def reset_input_buffer(self) -> None:
-        pass
-
-    def reset_output_buffer(self) -> None:
-        pass
-
-
-class _Rfc2217Port:
-    """Telnet/RFC 2217 framing around a session whose chip runs its firmware until a reset
-    with GPIO0 low starts the download ROM."""
-
-    def __init__(self, rom: RomBootloader, session: _Session,
-                 writer: asyncio.StreamWriter) -> None:
-        from serial.rfc2217 import PortManager  # pyserial is esptool's dependency
-
-        self.rom = rom
-        self.session = session
-        self.lines = _ModemLines(self._reset)
-        self.manager = PortManager(self.lines, _TelnetConnection(writer))
-        session.frame_filter = lambda data: b"".join(self.manager.filter(data))
-        session.wire_escape = lambda data: b"".join(self.manager.escape(data))
-        session.state = "app"           # the board runs its firmware until reset into the ROM
-
-    def _reset(self, download: bool) -> None:
-        session = self.session
-        session.reset_chip()
-        session.drop_input()
-        session.state = "reset"         # in reset until the boot below runs
-        task = asyncio.ensure_future(self._boot(download))
-        self.rom._tasks.add(task)
-        task.add_done_callback(self.rom._tasks.discard)
-
-    async def _boot(self, download: bool) -> None:
-        session = self.session
-        session.send_raw(_DOWNLOAD_BOOT if download else _FLASH_BOOT)
-        if download:
-            session.state = "waiting"
-            await self.rom._session_started(session)     # firmware stops: the ROM waits for SYNC
-        else:
-            session.state = "app"
-            await self.rom._session_ended(session)       # the board boots its firmware again
-
-
-class _TelnetConnection:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-
-# --- running a bootloader beside synchronous code (tests, scripts) --------------------------------
-
-@contextlib.contextmanager
-def serve_in_thread(flash: FlashFile, board: Board, serial: int, *, host: str = "127.0.0.1",
-                    port: int = 0, rfc2217: bool = False,
-                    on_session_start: SessionCallback | None = None,
-                    on_session_end: SessionCallback | None = None,
-                    start_timeout_s: float = 5.0) -> Iterator[RomBootloader]:
-    """Run a RomBootloader on its own event loop in a daemon thread, for as long as the
-    ``with`` block lasts; ``.port`` (and ``.rfc2217_port`` with ``rfc2217=True``) say where.
-    Callbacks run in that thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="rom-bootloader", daemon=True)
-    thread.start()
-    rom = RomBootloader(flash, board, serial, on_session_start=on_session_start,
-                        on_session_end=on_session_end)
-    try:
-        asyncio.run_coroutine_threadsafe(rom.start(host, port), loop).result(start_timeout_s)
-        if rfc2217:
-            asyncio.run_coroutine_threadsafe(rom.start_rfc2217(host, 0), loop).result(
-                start_timeout_s)
-        yield rom
-    finally:
-        try:
-            asyncio.run_coroutine_threadsafe(rom.stop(), loop).result(start_timeout_s)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(start_timeout_s)
-            loop.close()
