@@ -4,7 +4,7 @@ esptool identifies the chip by reading words with READ_REG: the chip magic, the 
 of an ESP32-D0WD-V3, rev v3.1, with the board's factory MAC, and the clock registers from which
 it estimates a 40 MHz crystal. It identifies the flash by driving the SPI0 user command engine
 with WRITE_REG: the flash answers RDID as a GigaDevice GD25Q (C8 40 16 for 4 MB) and RDSFDP with
-a short SFDP table. ``_Registers`` holds those words for one session.
+a short SFDP table. ``Registers`` holds those words for one session.
 
 The ROM's own boot messages live here too: the virtual board prints them when it resets
 (vboard/board.py) and the RFC 2217 port when its auto-reset circuit resets the chip.
@@ -34,7 +34,7 @@ _CHIP_MAGIC_ADDR = 0x40001000
 _CHIP_MAGIC = 0x00F01D83
 _EFUSE_BASE = 0x3FF5A000
 _APB_CTL_DATE = 0x3FF6607C
-_UART0_CLKDIV = 0x3FF40014
+UART0_CLKDIV = 0x3FF40014
 _RTC_CALI_CFG1 = 0x3FF5F06C
 _GPIO_STRAP = 0x3FF44038
 _SPI0_BASE = 0x3FF42000
@@ -49,11 +49,11 @@ _SPI_CMD_USR = 1 << 18
 _SPI_USR_ADDR = 1 << 30
 _SPI_USR_MISO = 1 << 28
 
-_XTAL_HZ = 40_000_000
-_STUB_APB_HZ = 80_000_000          # the stub switches the APB clock to the PLL
-_ROM_BAUD = 115200
+XTAL_HZ = 40_000_000
+STUB_APB_HZ = 80_000_000          # the stub switches the APB clock to the PLL
+ROM_BAUD = 115200
 _CK8M_EFUSE = 50                   # with this calibration the ROM's crystal estimate is 40 MHz
-_RTC_CALI_VALUE = _XTAL_HZ * 40 // (15625 * _CK8M_EFUSE)
+_RTC_CALI_VALUE = XTAL_HZ * 40 // (15625 * _CK8M_EFUSE)
 _STRAP_DOWNLOAD = 0x03             # boot:0x3 DOWNLOAD_BOOT (GPIO0 low)
 
 _FLASH_MANUFACTURER = 0xC8         # GigaDevice
@@ -93,7 +93,7 @@ def _sfdp_table(size: int) -> bytes:
     return bytes(table)
 
 
-class _Registers:
+class Registers:
     """The words esptool reads and writes with READ_REG/WRITE_REG, including the SPI0 user
     command engine it drives to send RDID, RDSFDP and status commands to the flash chip."""
 
@@ -101,7 +101,7 @@ class _Registers:
         self._words: dict[int, int] = {
             _CHIP_MAGIC_ADDR: _CHIP_MAGIC,
             _APB_CTL_DATE: 1 << 31 | 0x16042000,      # bit 31 marks ECO3 (major revision 3)
-            _UART0_CLKDIV: self.clock_divider(_XTAL_HZ, _ROM_BAUD),
+            UART0_CLKDIV: self.clock_divider(XTAL_HZ, ROM_BAUD),
             _RTC_CALI_CFG1: _RTC_CALI_VALUE << 7,
             _GPIO_STRAP: _STRAP_DOWNLOAD,
         }

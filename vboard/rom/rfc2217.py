@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Protocol
 
-from vboard.rom.chip import _ROM_BAUD, DOWNLOAD_LINES, ROM_BANNER, ROM_RESET_LINE
-from vboard.rom.session import _Session
+from vboard.rom.chip import DOWNLOAD_LINES, ROM_BANNER, ROM_BAUD, ROM_RESET_LINE
+from vboard.rom.session import Session
 
 _DOWNLOAD_BOOT = (ROM_BANNER + DOWNLOAD_LINES).encode()
 _FLASH_BOOT = (ROM_BANNER + ROM_RESET_LINE["poweron"] + "\r\n").encode()
@@ -22,11 +22,11 @@ class _Bootloader(Protocol):
     """What the port needs from the bootloader that serves it (server.RomBootloader, which
     builds on this module)."""
 
-    _tasks: set[asyncio.Task[None]]
+    tasks: set[asyncio.Task[None]]
 
-    async def _session_started(self, session: _Session) -> None: ...
+    async def session_started(self, session: Session) -> None: ...
 
-    async def _session_ended(self, session: _Session) -> None: ...
+    async def session_ended(self, session: Session) -> None: ...
 
 
 class _ModemLines:
@@ -43,7 +43,7 @@ class _ModemLines:
         self._dtr = False
         self._rts = False
         self._download_sequence = False
-        self.baudrate = _ROM_BAUD
+        self.baudrate = ROM_BAUD
         self.bytesize = 8
         self.parity = "N"
         self.stopbits = 1
@@ -82,11 +82,11 @@ class _ModemLines:
         pass
 
 
-class _Rfc2217Port:
+class Rfc2217Port:
     """Telnet/RFC 2217 framing around a session whose chip runs its firmware until a reset
     with GPIO0 low starts the download ROM."""
 
-    def __init__(self, rom: _Bootloader, session: _Session,
+    def __init__(self, rom: _Bootloader, session: Session,
                  writer: asyncio.StreamWriter) -> None:
         from serial.rfc2217 import PortManager  # pyserial is esptool's dependency
 
@@ -104,18 +104,18 @@ class _Rfc2217Port:
         session.drop_input()
         session.state = "reset"         # in reset until the boot below runs
         task = asyncio.ensure_future(self._boot(download))
-        self.rom._tasks.add(task)
-        task.add_done_callback(self.rom._tasks.discard)
+        self.rom.tasks.add(task)
+        task.add_done_callback(self.rom.tasks.discard)
 
     async def _boot(self, download: bool) -> None:
         session = self.session
         session.send_raw(_DOWNLOAD_BOOT if download else _FLASH_BOOT)
         if download:
             session.state = "waiting"
-            await self.rom._session_started(session)     # firmware stops: the ROM waits for SYNC
+            await self.rom.session_started(session)     # firmware stops: the ROM waits for SYNC
         else:
             session.state = "app"
-            await self.rom._session_ended(session)       # the board boots its firmware again
+            await self.rom.session_ended(session)       # the board boots its firmware again
 
 
 class _TelnetConnection:

@@ -19,8 +19,8 @@ from typing import Awaitable, Callable, Iterator
 
 from boards.definitions import Board
 from vboard.flash import FlashFile, PowerCut
-from vboard.rom.rfc2217 import _Rfc2217Port
-from vboard.rom.session import _Session
+from vboard.rom.rfc2217 import Rfc2217Port
+from vboard.rom.session import Session
 
 # the logger of the module before it became a package: log lines keep their name
 log = logging.getLogger("vboard.rom")
@@ -63,11 +63,11 @@ class RomBootloader:
         self._on_start = on_session_start
         self._on_end = on_session_end
         self._servers: list[asyncio.AbstractServer] = []
-        self._active: _Session | None = None
+        self._active: Session | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._synced: set[_Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._synced: set[Session] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self.rfc2217_port: int | None = None
 
@@ -94,14 +94,14 @@ class RomBootloader:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
 
-    async def _claim(self, session: _Session) -> bool:
+    async def _claim(self, session: Session) -> bool:
         """One client at a time, like an exclusively opened serial port. A client arriving
         just as the previous one hangs up gets a moment for that hang-up to be processed."""
         loop = asyncio.get_running_loop()
@@ -119,21 +119,21 @@ class RomBootloader:
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        session = _Session(self, reader, writer)
+        session = Session(self, reader, writer)
         if await self._claim(session):
             await self._run(session)
 
     async def _on_connect_rfc2217(self, reader: asyncio.StreamReader,
                                   writer: asyncio.StreamWriter) -> None:
-        session = _Session(self, reader, writer)
+        session = Session(self, reader, writer)
         if await self._claim(session):
-            _Rfc2217Port(self, session, writer)
+            Rfc2217Port(self, session, writer)
             await self._run(session)
 
-    async def _run(self, session: _Session) -> None:
+    async def _run(self, session: Session) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)
+            self.tasks.add(task)
         try:
             await session.serve()
         except PowerCut:
@@ -145,28 +145,28 @@ class RomBootloader:
             raise
         finally:
             if task is not None:
-                self._tasks.discard(task)
+                self.tasks.discard(task)
             session.writer.close()
             self._active = None
             self._idle.set()
-        await self._session_ended(session)
+        await self.session_ended(session)
 
-    async def _session_started(self, session: _Session) -> None:
+    async def session_started(self, session: Session) -> None:
         if session in self._synced:
             return
         self._synced.add(session)
         await _call(self._on_start, "on_session_start")
 
-    async def _session_ended(self, session: _Session) -> None:
+    async def session_ended(self, session: Session) -> None:
         if session in self._synced:
             self._synced.discard(session)
             await _call(self._on_end, "on_session_end")
 
-    async def _leave_loader(self, session: _Session, state: str) -> None:
+    async def leave_loader(self, session: Session, state: str) -> None:
         """The loader stops answering: it jumped to user code in flash ("app") or RAM ("ram")."""
         session.state = state
         if state == "app":
-            await self._session_ended(session)
+            await self.session_ended(session)
 
 
 async def _call(callback: SessionCallback | None, name: str) -> None:

@@ -41,8 +41,8 @@ from typing import Awaitable, Callable, Protocol
 from boards.definitions import MB, SECTOR
 from vboard.errors import VBoardError
 from vboard.flash import FlashFile
-from vboard.rom.chip import _ROM_BAUD, _STUB_APB_HZ, _UART0_CLKDIV, _XTAL_HZ, _Registers
-from vboard.rom.slip import SlipDecoder, _checksum, slip_encode
+from vboard.rom.chip import ROM_BAUD, STUB_APB_HZ, UART0_CLKDIV, XTAL_HZ, Registers
+from vboard.rom.slip import SlipDecoder, checksum, slip_encode
 
 # --- protocol constants ---------------------------------------------------------------------
 
@@ -156,12 +156,12 @@ class _Bootloader(Protocol):
     @property
     def mac(self) -> bytes: ...
 
-    async def _session_started(self, session: _Session) -> None: ...
+    async def session_started(self, session: Session) -> None: ...
 
-    async def _leave_loader(self, session: _Session, state: str) -> None: ...
+    async def leave_loader(self, session: Session, state: str) -> None: ...
 
 
-class _Session:
+class Session:
     """One TCP client: a freshly reset chip in download mode, until the client goes away."""
 
     def __init__(self, rom: _Bootloader, reader: asyncio.StreamReader,
@@ -180,7 +180,7 @@ class _Session:
 
     def reset_chip(self) -> None:
         """Power-on state of the ROM loader: nothing attached, flash size parameter 2 MB."""
-        self.regs = _Registers(self.rom.mac, self.flash.size)
+        self.regs = Registers(self.rom.mac, self.flash.size)
         self.state = "waiting"
         self._attached = False
         self._flash_size_param = _ROM_DEFAULT_FLASH_SIZE
@@ -249,7 +249,7 @@ class _Session:
         payload = frame[_HEADER.size:]
         if self.state == "waiting":
             if direction == 0 and op == _SYNC and payload == _SYNC_PAYLOAD:
-                await self.rom._session_started(self)
+                await self.rom.session_started(self)
                 self.state = "rom"
                 await self.handle(frame)
             return                          # the ROM has not locked onto the baud rate yet
@@ -347,7 +347,7 @@ class _Session:
             raise _Refused("too_much" if self.stub else "message")
         if len(data) > max_block:
             raise _Refused("message")
-        if verify and _checksum(data) != chk & 0xFF:
+        if verify and checksum(data) != chk & 0xFF:
             raise _Refused("checksum")
         return seq, data
 
@@ -387,8 +387,8 @@ class _Session:
         if len(payload) != 8:
             raise _Refused("message")
         baud, _old = struct.unpack("<II", payload)
-        apb = _STUB_APB_HZ if self.stub else _XTAL_HZ   # TCP has no baud rate: only the register
-        self.regs.write(_UART0_CLKDIV, self.regs.clock_divider(apb, baud), 0xFFFFFFFF)
+        apb = STUB_APB_HZ if self.stub else XTAL_HZ   # TCP has no baud rate: only the register
+        self.regs.write(UART0_CLKDIV, self.regs.clock_divider(apb, baud), 0xFFFFFFFF)
 
     def on_security_info(self, payload: bytes, chk: int) -> None:
         raise _Refused("not_implemented")             # the ESP32 has no GET_SECURITY_INFO
@@ -466,7 +466,7 @@ class _Session:
         self._write = None
 
         async def run_user_code() -> None:             # the ROM leaves the loader either way
-            await self.rom._leave_loader(self, "app")
+            await self.rom.leave_loader(self, "app")
         self._after_reply = run_user_code
 
     def on_md5(self, payload: bytes, chk: int) -> tuple[int, bytes]:
@@ -530,7 +530,7 @@ class _Session:
         self._erase(address, size)
 
     def on_run_user_code(self, payload: bytes, chk: int) -> None:
-        self._after_reply = lambda: self.rom._leave_loader(self, "app")
+        self._after_reply = lambda: self.rom.leave_loader(self, "app")
         raise _Silent()                                # no answer: the stub just jumps
 
     def on_mem_begin(self, payload: bytes, chk: int) -> None:
@@ -565,7 +565,7 @@ class _Session:
             return
         self._ram = None
         if self.stub:
-            self._after_reply = lambda: self.rom._leave_loader(self, "ram")
+            self._after_reply = lambda: self.rom.leave_loader(self, "ram")
             return
         is_stub = self._is_flasher_stub(ram, entry)
 
@@ -573,11 +573,11 @@ class _Session:
             if is_stub:
                 self.state = "stub"
                 self._attached = True                  # the stub attaches the flash itself
-                self.regs.write(_UART0_CLKDIV, self.regs.clock_divider(_STUB_APB_HZ, _ROM_BAUD),
+                self.regs.write(UART0_CLKDIV, self.regs.clock_divider(STUB_APB_HZ, ROM_BAUD),
                                 0xFFFFFFFF)
                 self.send_frame(_OHAI)
             else:
-                await self.rom._leave_loader(self, "ram")
+                await self.rom.leave_loader(self, "ram")
         self._after_reply = jump
 
     @staticmethod
@@ -590,26 +590,26 @@ class _Session:
 
 
 _HANDLERS: dict[int, Callable[..., object]] = {
-    _SYNC: _Session.on_sync,
-    _READ_REG: _Session.on_read_reg,
-    _WRITE_REG: _Session.on_write_reg,
-    _SPI_ATTACH: _Session.on_spi_attach,
-    _SPI_SET_PARAMS: _Session.on_spi_set_params,
-    _CHANGE_BAUDRATE: _Session.on_change_baudrate,
-    _GET_SECURITY_INFO: _Session.on_security_info,
-    _FLASH_BEGIN: _Session.on_flash_begin,
-    _FLASH_DATA: _Session.on_flash_data,
-    _FLASH_END: _Session.on_flash_end,
+    _SYNC: Session.on_sync,
+    _READ_REG: Session.on_read_reg,
+    _WRITE_REG: Session.on_write_reg,
+    _SPI_ATTACH: Session.on_spi_attach,
+    _SPI_SET_PARAMS: Session.on_spi_set_params,
+    _CHANGE_BAUDRATE: Session.on_change_baudrate,
+    _GET_SECURITY_INFO: Session.on_security_info,
+    _FLASH_BEGIN: Session.on_flash_begin,
+    _FLASH_DATA: Session.on_flash_data,
+    _FLASH_END: Session.on_flash_end,
     _FLASH_DEFL_BEGIN: lambda s, p, c: s.on_flash_begin(p, c, compressed=True),
     _FLASH_DEFL_DATA: lambda s, p, c: s.on_flash_data(p, c, compressed=True),
-    _FLASH_DEFL_END: _Session.on_flash_end,
-    _SPI_FLASH_MD5: _Session.on_md5,
-    _READ_FLASH_SLOW: _Session.on_read_flash_slow,
-    _MEM_BEGIN: _Session.on_mem_begin,
-    _MEM_DATA: _Session.on_mem_data,
-    _MEM_END: _Session.on_mem_end,
-    _ERASE_FLASH: _Session.on_erase_flash,
-    _ERASE_REGION: _Session.on_erase_region,
-    _READ_FLASH: _Session.on_read_flash,
-    _RUN_USER_CODE: _Session.on_run_user_code,
+    _FLASH_DEFL_END: Session.on_flash_end,
+    _SPI_FLASH_MD5: Session.on_md5,
+    _READ_FLASH_SLOW: Session.on_read_flash_slow,
+    _MEM_BEGIN: Session.on_mem_begin,
+    _MEM_DATA: Session.on_mem_data,
+    _MEM_END: Session.on_mem_end,
+    _ERASE_FLASH: Session.on_erase_flash,
+    _ERASE_REGION: Session.on_erase_region,
+    _READ_FLASH: Session.on_read_flash,
+    _RUN_USER_CODE: Session.on_run_user_code,
 }

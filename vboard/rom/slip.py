@@ -7,7 +7,7 @@ request (FLASH_DATA, FLASH_DEFL_DATA, MEM_DATA) carries the XOR of its data byte
 
 from __future__ import annotations
 
-_CHECKSUM_SEED = 0xEF
+CHECKSUM_SEED = 0xEF
 
 
 def slip_encode(payload: bytes) -> bytes:
@@ -39,8 +39,8 @@ class SlipDecoder:
                 frames.append(body.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb"))
 
 
-def _checksum(data: bytes) -> int:
-    state = _CHECKSUM_SEED
+def checksum(data: bytes) -> int:
+    state = CHECKSUM_SEED
     for byte in data:
         state ^= byte
     return state
