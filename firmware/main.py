@@ -5,6 +5,12 @@
 # in safe mode), and Ctrl-C from a field engineer's console still reaches the REPL.
 import gc
 
+try:
+    import bootswitch       # an update's switch to a new app, or back (before it is imported)
+    bootswitch.run()
+except Exception as _e:     # never worse than running the app that is there
+    import sys
+    sys.print_exception(_e)
 gc.collect()
 _heap = gc.mem_alloc()      # before the app: what the app uses is measured against this
 try:

@@ -133,15 +133,15 @@ def test_operator_commands_force_and_levels_are_carried_out_and_acknowledged(str
     assert not any("boot 3" in line for line in fleet.lines["lamp-01"])
     assert any(o["cmd"] == "reboot" and o["outcome"] == "acknowledged"
                for o in outcomes_of(watch.messages, "lamp-01"))
-    # No over-the-air update in this firmware yet: the node refuses `ota` (docs/firmware.md),
-    # the operator sees it rejected, and the lamp runs on.
+    # A node provisioned without the fleet's release key refuses `ota` (it could not check a
+    # release's signature), the operator sees it rejected and why, and the lamp runs on.
     command("ota", {"version": "1.3.0", "manifest": "f/1.3.0/manifest"})
     deadline = time.monotonic() + 15
     while not [o for o in outcomes_of(watch.messages, "lamp-01") if o["cmd"] == "ota"
                and o["outcome"] == "rejected"]:
         assert time.monotonic() < deadline, outcomes_of(watch.messages, "lamp-01")
         time.sleep(0.1)
-    fleet.wait_line("lamp-01", "ota 1.3.0: not supported by this firmware", 5)
+    fleet.wait_line("lamp-01", "ota 1.3.0: refused, this node has no release key", 5)
 
 
 def test_a_lamp_that_fails_raises_an_alarm_and_clears_it_when_repaired(street):

@@ -74,6 +74,8 @@ CONFIG_KEYS: dict[str, Arg] = {
     "queue_kb": Arg(int, 4, 256),
     "queue_stage": Arg(int, 0, 1024),
     "wifi_timeout_s": Arg(int, 1, 120),
+    "ota_trial_boots": Arg(int, 1, 20),
+    "ota_trial_s": Arg(int, 60, 86400),
 }
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (

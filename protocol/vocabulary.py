@@ -58,6 +58,12 @@ TABLE: tuple[Quantity, ...] = (
     Quantity("heap", "B", "B", 1, "v", _ALL, "free heap"),
     Quantity("faults", "bits", "", 1, "v", _ALL,
              "node and sensor fault bits (docs/firmware.md)"),
+    # over-the-air update, in the status frame while one is under way and once at its end
+    Quantity("upd", "text", "", 1, "vs", _ALL, "update state: fetching, downloading, "
+             "switching, switched, confirmed, failed, rolledback"),
+    Quantity("updv", "text", "", 1, "vs", _ALL, "the release the update state is about"),
+    Quantity("updb", "B", "B", 1, "v", _ALL, "bytes of the release fetched so far"),
+    Quantity("updr", "text", "", 1, "vs", _ALL, "why the update failed or was rolled back"),
     # downlink acknowledgements (docs/protocol.md §8): consumed by the gateway, not published
     Quantity("ack", "id", "", 1, "v", _ALL, "downlink command carried out; the value is its id"),
     Quantity("rej", "id", "", 1, "v", _ALL, "downlink command refused; the value is its id"),

@@ -37,6 +37,8 @@ TOP = {
     "queue_kb": (32, 32, 4, 256),
     "queue_stage": (384, 384, 0, 1024),
     "wifi_timeout_s": (20, 10, 1, 120),
+    "ota_trial_boots": (3, 3, 1, 20),      # boots a new app may take to reach the gateway
+    "ota_trial_s": (600, 600, 60, 86400),  # ... and seconds, before it is rolled back
 }
 
 # Role settings: config["<role>"]["<key>"], also settable with the `config` command as
@@ -173,6 +175,19 @@ def parse(d, network_only=False):
     c.recipient_id = _hex(osc, "rid", 0, "oscore")
     c.secret = _hex(osc, "secret", 16, "oscore")
     c.salt = _hex(osc, "salt", 8, "oscore")
+    # The fleet's public release key (an update's manifest must carry its signature). Written
+    # at provisioning only: no `config` command can set it. Absent: updates are refused.
+    c.release_key = None
+    if d.get("release_key") is not None:
+        key = d["release_key"]
+        try:
+            c.release_key = bytes.fromhex(key) if isinstance(key, str) else None
+        except ValueError:
+            pass
+        if c.release_key is None or len(c.release_key) != 65 or c.release_key[0] != 4:
+            c.release_key = None
+            if not network_only:
+                raise ConfigError(E_FIELD, "release_key must be 130 hex digits (04 X Y)")
     column = 1 if c.battery else 0
     for key in TOP:
         spec = TOP[key]

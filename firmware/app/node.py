@@ -10,6 +10,7 @@ import asyncio
 import machine
 
 import senml
+import bootswitch
 from app import faults as F
 from app import state as st
 from app.link import Link, DONE, DROP, KEEP, WAIT, EPOCH_2000, local_now
@@ -22,6 +23,8 @@ FRAME_RECORDS = const(48)    # ... and within 64 records with up to 8 acks
 HEALTHY_S = const(120)       # always-on: up this long without a crash clears the crash count
 RETRY_MIN_S = const(10)
 RETRY_MAX_S = const(600)
+UPDATE_WAKE_MS = const(15000)  # battery: time an update may take of a wake (it resumes)
+UPDATE_RUN_MS = const(60000)   # always on: one stretch of update work
 
 DEEPSLEEP_RESET = const(4)   # machine.DEEPSLEEP_RESET on the ESP32 port
 WDT_RESET = const(3)
@@ -53,6 +56,14 @@ class Node:
         self._alive = {}          # task -> ticks of its last heartbeat
         self._up_ms = 0
         self._up_last = 0         # ticks count from boot
+        ota = bootswitch.load()   # over-the-air update (app/update.py, /bootswitch.py)
+        s = ota.get("s") if ota else None
+        self.update_active = s in ("fetch", "stage", "fw")
+        self.on_trial = s == "trial"
+        self.switch_pending = s == "switch"
+        self.release = ota.get("cur") if ota and isinstance(ota.get("cur"), list) else None
+        self._update_retry = time.ticks_ms()
+        self.status_now = False   # something to report at once (an update's progress)
 
     def log_once(self, msg):
         """Log `msg` unless it is what was logged last this way (a retry loop's messages)."""
@@ -103,6 +114,9 @@ class Node:
         result = await self.link.post(path, payload)
         if result == DONE:
             self.state.acks_sent(len(acks))
+            if self.on_trial:
+                from app import update
+                update.confirm(self)      # the new app reached the gateway: it stays
         return result
 
     async def flush(self):
@@ -214,7 +228,8 @@ class Node:
 
     def status_records(self):
         free, used = self.heap()
-        records = [("fw", "%d.%d.%d" % sys.implementation.version[:3]), ("app", APP_VERSION),
+        app = self.release[0] if self.release else APP_VERSION
+        records = [("fw", "%d.%d.%d" % sys.implementation.version[:3]), ("app", app),
                    ("reset", machine.reset_cause()), ("boots", self.state.boots),
                    ("uptime", self.uptime_s()), ("heap", free)]
         rssi = self.link.rssi()
@@ -222,11 +237,21 @@ class Node:
             records.append(("rssi", rssi))
         if self.role is not None:
             records.extend(self.role.status_records())
+        if bootswitch.exists(bootswitch.STATE):
+            from app import update
+            records.extend(update.records())
         records.append(("faults", self.faults()))
         log("heap: %d B used by the app, %d B free" % (used, free))
         return records
 
+    def report_soon(self):
+        """Send a status frame at the next opportunity (not only when status_s is up)."""
+        self.status_now = True
+        self.wake.set()
+
     def status_due(self):
+        if self.status_now:
+            return True
         state = self.state
         if self.role is not None and (self.faults() & F.SENSOR_MASK) != (
                 state.faults_sent & F.SENSOR_MASK):
@@ -234,6 +259,8 @@ class Node:
         return state.status_due == 0 or self.now_s() >= state.status_due
 
     async def send_status(self):
+        asked = self.status_now
+        self.status_now = False       # what changes while this frame is on its way: again
         records = self.status_records()
         bits = records[-1][1]
         result = await self._post("s", records)
@@ -242,7 +269,13 @@ class Node:
             self.state.status_due = self.now_s() + self.cfg.status_s
             self.state.dropped = 0
             log("status sent: faults=%s" % F.describe(bits))
+            shown = [r[1] for r in records if r[0] == "upd"]
+            if shown:
+                from app import update
+                update.reported(shown[0])
             self.run_commands()
+        if result != DONE and result != DROP and asked:
+            self.status_now = True
         return result
 
     # --- commands ----------------------------------------------------------------------------
@@ -342,8 +375,8 @@ class Node:
         self.state.flags &= ~st.RUNNING
         self.state.save()
 
-    def restart(self):
-        log("rebooting (command)")
+    def restart(self, why="command"):
+        log("rebooting (%s)" % why)
         self.clean_exit()
         time.sleep_ms(100)
         machine.reset()
@@ -387,6 +420,8 @@ class Node:
                     await self.flush()   # acknowledge in this wake, not 15 minutes later
             if self.reboot_pending and not self.state.acks:
                 self.restart()
+            if self.update_active or self.switch_pending:
+                await self.update(UPDATE_WAKE_MS)   # in the wakes that use the radio anyway
             self.alive("cycle")
         self._park_outbox()
         self.state.crashes = 0
@@ -410,6 +445,13 @@ class Node:
             self.alive("uplink")
             if self.reboot_pending and not self.state.acks:
                 self.restart()
+            if self.update_active or self.switch_pending:
+                await self.update(UPDATE_RUN_MS)
+            if self.on_trial and self.now_s() > self.cfg.ota_trial_s:
+                from app import update
+                update.give_up(self, "no answer from the gateway within %d s"
+                               % self.cfg.ota_trial_s)
+                self.restart("the new release did not prove itself")
             if not healthy and time.ticks_ms() > HEALTHY_S * 1000:
                 healthy = True
                 self.state.crashes = 0
@@ -420,6 +462,21 @@ class Node:
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
+
+    async def update(self, budget_ms):
+        """Work on an over-the-air update (app/update.py) for about `budget_ms`; when the new
+        release is staged, say so in a status frame and reset into it (/bootswitch.py)."""
+        from app import update
+        if self.update_active and time.ticks_diff(self._update_retry, time.ticks_ms()) <= 0:
+            if not await update.step(self, budget_ms) and self.update_active:
+                self._update_retry = time.ticks_add(time.ticks_ms(), update.RETRY_S * 1000)
+        if self.switch_pending:
+            await self.send_status()
+            self.restart("switching to release %s" % self.release_staged())
+
+    def release_staged(self):
+        ota = bootswitch.load()
+        return ota.get("v") if ota else "?"
 
     async def _observe(self):
         """Observe the command resource (GET /c, RFC 7641) so commands arrive at once."""

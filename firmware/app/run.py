@@ -106,10 +106,19 @@ def forget(name):
 
 
 def main(heap_base=0):
+    import bootswitch
     from app import config
     state, woke, crashed = boot_state()
-    if crashed:
+    if bootswitch.moved:
+        # The boot stage switched to a new release or back: its crashes start at zero.
+        state.crashes = 0
+        state.flags &= ~st.SAFE
+        state.save()
+    elif crashed:
         log("boot after a crash (%d in a row)" % state.crashes)
+    # A release on trial that crashes goes back by itself (bootswitch.py): no safe mode for it.
+    ota = bootswitch.load()
+    on_trial = ota is not None and ota.get("s") == "trial"
     try:
         cfg = config.load()
         error = None
@@ -124,7 +133,8 @@ def main(heap_base=0):
     del config
     forget("app.config")          # 12 KB of tables: loaded again only for a `config` command
     gc.collect()
-    safe = error is not None or bool(state.flags & st.SAFE) or state.crashes >= cfg.safe_after
+    safe = error is not None or (not on_trial and (
+        bool(state.flags & st.SAFE) or state.crashes >= cfg.safe_after))
     if safe and error is None:
         fp = fingerprint()
         if state.flags & st.SAFE and fp != state.fingerprint:

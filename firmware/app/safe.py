@@ -11,7 +11,7 @@ import asyncio
 import machine
 
 from app import state as st
-from app.node import log
+from app.node import UPDATE_RUN_MS, log
 
 SAFE_STATUS_S = const(60)
 
@@ -54,6 +54,8 @@ async def run(node):
                 state.crashes = max(0, cfg.safe_after - 1)
             state.flags &= ~st.SAFE
             node.restart()
+        if node.update_active or node.switch_pending:
+            await node.update(UPDATE_RUN_MS)      # an update may be what repairs the node
         if cfg.battery and cfg.sleep == "deep" and node.now_s() - started >= cfg.safe_awake_s:
             node.deep_sleep(cfg.interval_s * 1000)
         for _ in range(SAFE_STATUS_S // 5):

@@ -452,11 +452,12 @@ class SecureClient:
 
     # --- block-wise GET (RFC 7959 Block2) --------------------------------------------------
 
-    async def aget_blocks(self, path, sink, szx=5):
-        """GET `path` block by block (2**(szx+4) bytes each), handing each block's payload
-        to sink(offset, data); returns (code, total bytes). Stops at the first non-2.05."""
-        num = 0
-        total = 0
+    async def aget_blocks(self, path, sink, szx=5, start=0):
+        """GET `path` block by block (2**(szx+4) bytes each) from block `start` on, handing
+        each block's payload to sink(offset, data); returns (code, offset after the last
+        block). Stops at the first non-2.05."""
+        num = start
+        total = start << (szx + 4)
         while True:
             code, options, payload = await self.arequest(
                 coap.GET, path, options=((coap.BLOCK2, coap.block_option(num, False, szx)),))

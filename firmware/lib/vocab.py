@@ -23,6 +23,10 @@ TABLE = (
     ('uptime', 's', 's', 1, 'v', 'lighting,parking,shaft'),
     ('heap', 'B', 'B', 1, 'v', 'lighting,parking,shaft'),
     ('faults', 'bits', '', 1, 'v', 'lighting,parking,shaft'),
+    ('upd', 'text', '', 1, 'vs', 'lighting,parking,shaft'),
+    ('updv', 'text', '', 1, 'vs', 'lighting,parking,shaft'),
+    ('updb', 'B', 'B', 1, 'v', 'lighting,parking,shaft'),
+    ('updr', 'text', '', 1, 'vs', 'lighting,parking,shaft'),
     ('ack', 'id', '', 1, 'v', 'lighting,parking,shaft'),
     ('rej', 'id', '', 1, 'v', 'lighting,parking,shaft'),
 )
