@@ -193,8 +193,9 @@ def _cmd_ports(reg: Registry, args: argparse.Namespace) -> int:
 
 # --- provisioning --------------------------------------------------------------------------
 
-# config.json keys that identify the device and its network: never overridden by --set.
-OWN_KEYS = ("id", "role", "site", "gateway", "wifi", "oscore")
+# config.json keys that identify the device, its network and the key its updates are signed
+# with: never overridden by --set.
+OWN_KEYS = ("id", "role", "site", "gateway", "wifi", "oscore", "release_key")
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -252,6 +253,12 @@ def _options(reg: Registry, args: argparse.Namespace):
                    uplink_timeout_s=args.uplink_timeout, baud=args.baud, stub=not args.no_stub)
 
 
+def _warn_without_release_key(nodes: str) -> None:
+    from fleet.provision import NO_RELEASE_KEY_WARNING
+
+    print("warning: " + NO_RELEASE_KEY_WARNING % nodes, file=sys.stderr, flush=True)
+
+
 def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
     from fleet.progress import Progress
     from fleet.provision import Target, provision, summary
@@ -260,6 +267,8 @@ def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
     target = Target(args.device, args.role, args.site)
     result = provision(reg, args.port, target, options, Progress(quiet=args.quiet))
     print(summary(result))
+    if not result.release_key:
+        _warn_without_release_key("this node")
     return 0
 
 
@@ -306,6 +315,8 @@ def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
     print(batch.table(rows) if rows else "no boards were plugged in")
     failed = [r for r in rows if r.outcome != "provisioned"]
     print("%d provisioned, %d failed" % (len(rows) - len(failed), len(failed)))
+    if len(rows) > len(failed) and reg.release_key() is None:
+        _warn_without_release_key("these nodes")
     return 1 if failed or not rows else 0
 
 

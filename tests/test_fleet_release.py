@@ -1,5 +1,6 @@
 """Signed releases on the fleet side: the release key (a private file, its public half in the
-registry), building a release into the store, listing, showing and verifying it."""
+registry), building a release into the store, listing, showing and verifying it, and the key
+reaching a node only through provisioning (never through a `config` command)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from boards.app_image import build_app_image, merged_image
 from boards.definitions import board
 from boards.nodeapp import FIRMWARE, UPDATABLE_DIRS, is_updatable
+from boards.partition_table import (
+    PARTITION_TABLE_OFFSET,
+    PARTITION_TABLE_SIZE,
+    filesystem_partition,
+    parse_partition_table,
+)
 from fleet.appbuild import build_app
+from fleet.boardfs import CONFIG_FILE, read_node_files
+from fleet.cli import _settings
 from fleet.cli import main as fleet_main
+from fleet.errors import FleetError
+from fleet.nodeconfig import SiteProfile, node_config
 from fleet.release import built_at
 from protocol import manifest as mf
+from protocol.commands import CONFIG_KEYS, validate
+from protocol.errors import CommandError
 from registry.db import Registry, key_fingerprint
+from vboard.flash import FlashFile
+from vboard.rom.server import serve_in_thread
 
 BOARD = board("esp32-devkitc")
 
@@ -348,3 +363,60 @@ def test_verify_finds_what_a_node_would_refuse(two_releases, capsys, damage, wro
     assert code == 1 and "  WRONG    " + wrong in out
     assert out.count("WRONG") == 1
     assert err.startswith("fleet: release 1.1.0 does not verify (1 problem): nodes would refuse")
+
+
+# --- the key reaches nodes through provisioning only -----------------------------------------
+
+def _provision(tmp_path, capsys, flash, *extra):
+    with serve_in_thread(flash, BOARD, 0x51) as rom:
+        return run(capsys, "provision", "socket://127.0.0.1:%d" % rom.port, "--device",
+                   "shaft-01", "--role", "shaft", "--site", "north", "--firmware",
+                   str(mp_image(tmp_path)), "--no-wait", *extra)
+
+
+def _config_on(flash):
+    parts = parse_partition_table(flash.read(PARTITION_TABLE_OFFSET, PARTITION_TABLE_SIZE))
+    return json.loads(read_node_files(flash, filesystem_partition(parts))[CONFIG_FILE])
+
+
+def test_provisioning_writes_the_registry_key_into_config_json(env, capsys):
+    assert run(capsys, "site", "set", "north", "--gateway", "127.0.0.1")[0] == 0
+    flash = FlashFile(env / "flash.bin", BOARD.flash_size)
+    try:
+        code, out, err = _provision(env, capsys, flash)
+        assert code == 0, err
+        assert "release_key" not in _config_on(flash)
+        assert err == ("warning: the registry has no release key: this node will refuse "
+                       "updates until provisioned again once one exists (`fleet release key "
+                       "create`)\n")
+        assert "updates" not in out
+
+        key_create(capsys)
+        record = Registry().release_key()
+        # The same board again (it never booted, so it holds no message counter: a new key).
+        code, out, err = _provision(env, capsys, flash, "--rotate-key")
+        assert code == 0 and err == "", err
+        config = _config_on(flash)
+        assert config["release_key"] == record.public_key.hex()
+        assert len(config["release_key"]) == 130
+        assert "  updates   accepted when signed with release key %s" % record.fingerprint in out
+    finally:
+        flash.close()
+
+
+def test_no_setting_and_no_config_command_can_change_the_key_a_node_trusts(registry):
+    device = registry.add_device("shaft-01", "shaft", "north")
+    point = mf.public_key_bytes(ec.generate_private_key(ec.SECP256R1()).public_key())
+    forged = "04" + "00" * 64
+    config = node_config(device, SiteProfile("10.0.0.2"), extra={"release_key": forged},
+                         release_key=point)
+    assert config["release_key"] == point.hex()
+    assert "release_key" not in node_config(device, SiteProfile("10.0.0.2"),
+                                            extra={"release_key": forged})
+    with pytest.raises(FleetError, match="comes from the registry"):
+        _settings(["release_key=%s" % forged])
+    # The gateway checks every command it queues: a `config` command cannot name the key.
+    assert "release_key" not in CONFIG_KEYS
+    for args in ({"release_key": forged}, {"interval_s": 60, "release_key": forged}):
+        with pytest.raises(CommandError, match="config key 'release_key' is not settable"):
+            validate("config", args, "shaft")
