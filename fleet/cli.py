@@ -525,7 +525,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="node setting stored for the device and written to its config.json, "
                         "e.g. interval_s=300 or shaft.depth_mm=3000 (repeatable; not id, "
-                        "role, site, gateway, wifi, oscore)")
+                        "role, site, gateway, wifi, oscore, release_key)")
     p.add_argument("--rotate-key", action="store_true",
                    help="make a new OSCORE master secret for the device (needed for a device "
                         "whose key was on another board)")
