@@ -1,7 +1,8 @@
 """`fleet`: the device registry, site profiles, provisioning and the development push.
 
 Commands only parse arguments and call one function (registry.db, fleet.provision,
-fleet.batch, fleet.push, fleet.firmware); scripts and tests use those functions directly.
+fleet.batch, fleet.push, fleet.firmware, fleet.release, fleet.releasekey); scripts and tests
+use those functions directly.
 """
 
 from __future__ import annotations
@@ -192,8 +193,9 @@ def _cmd_ports(reg: Registry, args: argparse.Namespace) -> int:
 
 # --- provisioning --------------------------------------------------------------------------
 
-# config.json keys that identify the device and its network: never overridden by --set.
-OWN_KEYS = ("id", "role", "site", "gateway", "wifi", "oscore")
+# config.json keys that identify the device, its network and the key its updates are signed
+# with: never overridden by --set.
+OWN_KEYS = ("id", "role", "site", "gateway", "wifi", "oscore", "release_key")
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -251,6 +253,12 @@ def _options(reg: Registry, args: argparse.Namespace):
                    uplink_timeout_s=args.uplink_timeout, baud=args.baud, stub=not args.no_stub)
 
 
+def _warn_without_release_key(nodes: str) -> None:
+    from fleet.provision import NO_RELEASE_KEY_WARNING
+
+    print("warning: " + NO_RELEASE_KEY_WARNING % nodes, file=sys.stderr, flush=True)
+
+
 def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
     from fleet.progress import Progress
     from fleet.provision import Target, provision, summary
@@ -259,6 +267,8 @@ def _cmd_provision(reg: Registry, args: argparse.Namespace) -> int:
     target = Target(args.device, args.role, args.site)
     result = provision(reg, args.port, target, options, Progress(quiet=args.quiet))
     print(summary(result))
+    if not result.release_key:
+        _warn_without_release_key("this node")
     return 0
 
 
@@ -305,6 +315,8 @@ def _cmd_batch(reg: Registry, args: argparse.Namespace) -> int:
     print(batch.table(rows) if rows else "no boards were plugged in")
     failed = [r for r in rows if r.outcome != "provisioned"]
     print("%d provisioned, %d failed" % (len(rows) - len(failed), len(failed)))
+    if len(rows) > len(failed) and reg.release_key() is None:
+        _warn_without_release_key("these nodes")
     return 1 if failed or not rows else 0
 
 
@@ -334,6 +346,169 @@ def _cmd_push(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- releases --------------------------------------------------------------------------------
+
+def _cmd_release_key_create(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.releasekey import REPLACED, create_key, key_path
+
+    path = key_path(args.key)
+    record, replaced = create_key(reg, path, force=args.force)
+    print("created release key %s: private key in %s (mode 0600: keep it there, and a backup "
+          "offline), public key in the registry %s" % (record.fingerprint, path, reg.shown))
+    if replaced:
+        print("note: it replaces the earlier release key: %s" % REPLACED)
+    print("nodes provisioned from now on accept releases signed with it")
+    return 0
+
+
+def _cmd_release_key_show(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.releasekey import describe_status, key_path, key_status
+
+    print(describe_status(key_status(reg, key_path(args.key)), reg.shown))
+    return 0
+
+
+def _roles(text: str | None) -> tuple[str, ...] | None:
+    return tuple(r.strip() for r in text.split(",") if r.strip()) if text else None
+
+
+def _cmd_release_build(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.progress import Progress
+    from fleet.release import DEFAULT_MICROPYTHON, build_release, store_dir
+    from fleet.releasekey import key_path
+
+    built = build_release(
+        reg, args.version, key=key_path(args.key),
+        app_source=Path(args.app_source) if args.app_source else None,
+        firmware=Path(args.firmware) if args.firmware else None, notes=args.notes,
+        roles=_roles(args.roles), rollback=args.rollback, store=store_dir(args.store),
+        micropython=args.micropython or DEFAULT_MICROPYTHON,
+        progress=Progress(quiet=args.quiet))
+    m = built.manifest
+    print("built release %s (number %d%s) in %s: %d files, %s bytes of app%s; signed with "
+          "release key %s" % (
+              m.version, m.number, ", after %s" % m.previous if m.previous else "", built.path,
+              len(m.files), format(m.app_bytes(), ","),
+              ", firmware %s" % m.firmware.version if m.firmware else "",
+              built.key_fingerprint))
+    return 0
+
+
+def _cmd_release_list(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.release import releases, store_dir, summary
+
+    store = store_dir(args.store)
+    rows = [summary(r) for r in releases(store)]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    if not rows:
+        print("no releases in %s (build one: fleet release build VERSION)" % store)
+        return 0
+    print("release store %s" % store)
+    for row in rows:
+        row["roles"] = ",".join(row["roles"]) if row["roles"] else None
+        row["app_bytes"] = format(row["app_bytes"], ",") if row["app_bytes"] else None
+        row["built"] = row["built"][:16].replace("T", " ") + " UTC" if row["built"] else None
+        if row["problem"]:
+            row["notes"] = row["problem"]
+        elif row["rollback"]:
+            row["notes"] = "rollback. %s" % row["notes"] if row["notes"] else "rollback"
+        row["notes"] = row["notes"] or None
+    _print_table(rows, ("version", "number", "previous", "roles", "files", "app_bytes",
+                        "firmware", "built", "notes"))
+    return 0
+
+
+def _cmd_release_show(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.release import describe, find_release, store_dir
+
+    print(describe(find_release(store_dir(args.store), args.version)))
+    return 0
+
+
+def _cmd_release_verify(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet.errors import BAD_RELEASE
+    from fleet.release import store_dir, verify_release
+
+    result = verify_release(reg, store_dir(args.store), args.version)
+    print("release %s in %s" % (args.version, result.release.path))
+    for line in result.checked:
+        print("  ok       %s" % line)
+    for line in result.problems:
+        print("  WRONG    %s" % line)
+    if not result.sound:
+        raise FleetError("release %s does not verify (%d problem%s): nodes would refuse it; do "
+                         "not offer it to them" % (args.version, len(result.problems),
+                                                   "" if len(result.problems) == 1 else "s"),
+                         BAD_RELEASE)
+    print("release %s is sound: nodes holding release key %s will accept it"
+          % (args.version, reg.release_key().fingerprint))
+    return 0
+
+
+def _add_release_parser(sub) -> None:
+    rel = sub.add_parser("release", help="signed releases of the node application: the key, "
+                                         "building, listing, verifying")
+    rsub = rel.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    key_help = ("the release key's private key file (default: $FLEET_RELEASE_KEY, else "
+                "~/.config/citytestbed/release-key.pem)")
+    store_help = "the release store (default: $FLEET_RELEASE_STORE, else ./releases)"
+
+    key = rsub.add_parser("key", help="the fleet's release key")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kcreate = ksub.add_parser("create", help="make the release key: the private key into a "
+                                             "file (mode 0600), the public key into the "
+                                             "registry")
+    kcreate.add_argument("--key", metavar="FILE", help=key_help)
+    kcreate.add_argument("--force", action="store_true",
+                         help="replace an existing key (nodes provisioned with the old one "
+                              "then refuse new releases until provisioned again)")
+    kcreate.set_defaults(func=_cmd_release_key_create)
+    kshow = ksub.add_parser("show", help="the registered public key and whether its private "
+                                         "key file is here")
+    kshow.add_argument("--key", metavar="FILE", help=key_help)
+    kshow.set_defaults(func=_cmd_release_key_show)
+
+    build = rsub.add_parser("build", help="compile the node application, sign it and put it "
+                                          "into the release store")
+    build.add_argument("version", help="the release's version, e.g. 0.3.0")
+    build.add_argument("--app-source", metavar="DIR",
+                       help="the node application (default: the repository's firmware/)")
+    build.add_argument("--firmware", metavar="IMAGE",
+                       help="also a MicroPython image for the OTA slot (a merged image "
+                            "contributes its app)")
+    build.add_argument("--notes", default="", metavar="TEXT", help="what the release changes")
+    build.add_argument("--roles", metavar="ROLE,...",
+                       help="the roles it is for, e.g. lighting,shaft (default: all)")
+    build.add_argument("--rollback", action="store_true",
+                       help="mark it as a rollback (old content under a new number)")
+    build.add_argument("--micropython", metavar="X.Y.Z",
+                       help="the lowest MicroPython it runs on (default 1.22.0, the first "
+                            "to read .mpy format 6)")
+    build.add_argument("--store", metavar="DIR", help=store_help)
+    build.add_argument("--key", metavar="FILE", help=key_help)
+    build.add_argument("-q", "--quiet", action="store_true", help="only the last line")
+    build.set_defaults(func=_cmd_release_build)
+
+    rlist = rsub.add_parser("list", help="the releases in the store")
+    rlist.add_argument("--store", metavar="DIR", help=store_help)
+    rlist.add_argument("--json", action="store_true")
+    rlist.set_defaults(func=_cmd_release_list, registry_used=False)
+
+    rshow = rsub.add_parser("show", help="a release's manifest and files")
+    rshow.add_argument("version")
+    rshow.add_argument("--store", metavar="DIR", help=store_help)
+    rshow.set_defaults(func=_cmd_release_show, registry_used=False)
+
+    rverify = rsub.add_parser("verify", help="check a stored release as a node would: "
+                                             "signature, every file's size and hash")
+    rverify.add_argument("version")
+    rverify.add_argument("--store", metavar="DIR", help=store_help)
+    rverify.set_defaults(func=_cmd_release_verify)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", help="board definition (boards/definitions.py; default: the "
                                    "board the device was provisioned on, else its site "
@@ -350,7 +525,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="node setting stored for the device and written to its config.json, "
                         "e.g. interval_s=300 or shaft.depth_mm=3000 (repeatable; not id, "
-                        "role, site, gateway, wifi, oscore)")
+                        "role, site, gateway, wifi, oscore, release_key)")
     p.add_argument("--rotate-key", action="store_true",
                    help="make a new OSCORE master secret for the device (needed for a device "
                         "whose key was on another board)")
@@ -495,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     flist.add_argument("--board")
     flist.add_argument("--firmware-cache", metavar="DIR")
     flist.set_defaults(func=_cmd_firmware_list, registry_used=False)
+
+    _add_release_parser(sub)
 
     ports = sub.add_parser("ports", help="list serial ports (which one is the board?)")
     ports.set_defaults(func=_cmd_ports, registry_used=False)

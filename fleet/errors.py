@@ -37,3 +37,12 @@ NO_BROKER = "no-broker"              # the site's MQTT broker cannot be reached
 CONSOLE = "console"                  # mpremote could not use the board's console
 USAGE = "usage"                      # the command line asks for something impossible
 BUILD = "build"                      # the node application does not compile
+
+# The kinds `fleet release` reports (docs/updates.md explains each).
+NO_RELEASE_KEY = "no-release-key"    # no private key file, or no public key in the registry
+KEY_EXISTS = "key-exists"            # creating a key would replace the one nodes trust
+KEY_MISMATCH = "key-mismatch"        # the key file is not the registry's key
+BAD_RELEASE_KEY = "bad-release-key"  # the key file is not a P-256 private key in PEM
+RELEASE_EXISTS = "release-exists"    # the store already has this version
+NO_RELEASE = "no-release"            # the store has no such release
+BAD_RELEASE = "bad-release"          # a release in the store is damaged or does not verify

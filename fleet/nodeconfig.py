@@ -2,6 +2,12 @@
 
 This file is the only place besides the registry that holds the device's master secret.
 firmware/app/config.py reads and validates it on the node.
+
+It also carries ``release_key``: the fleet's release public key (130 hex digits, the 65-byte
+uncompressed P-256 point) that the node checks every update's signed manifest with. Only
+provisioning writes it: neither ``--set`` nor the node settings stored in the registry, nor
+a `config` downlink command (protocol/commands.py) can set it, so the gateway can never
+change which key a node trusts. Without it the node refuses every update.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass, field
 from registry.db import Device, material_of
 
 CONFIG_VERSION = 1
+RELEASE_KEY = "release_key"
 DEFAULT_INTERVAL_S = {"lighting": 60, "parking": 1800, "shaft": 900}
 
 
@@ -26,7 +33,9 @@ class SiteProfile:
 
 
 def node_config(device: Device, site: SiteProfile, *, interval_s: int | None = None,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, release_key: bytes | None = None) -> dict:
+    """The node's configuration; ``release_key`` (the registry's public release key, 65
+    bytes) is written as ``"release_key"`` when given."""
     m = material_of(device)
     cfg = {
         "v": CONFIG_VERSION,
@@ -41,6 +50,9 @@ def node_config(device: Device, site: SiteProfile, *, interval_s: int | None = N
     }
     for key, value in (extra or {}).items():
         cfg[key] = value
+    cfg.pop(RELEASE_KEY, None)          # never from settings: the registry's key or none
+    if release_key is not None:
+        cfg[RELEASE_KEY] = release_key.hex()
     return cfg
 
 

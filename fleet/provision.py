@@ -11,6 +11,11 @@
     verify    the chip's MD5 of every region written, against what was sent.
     report    reset the board and wait for its first authenticated uplink on MQTT.
 
+config.json carries the registry's release public key (``release_key``): the only way a node
+learns which key its updates must be signed with. A registry without one still provisions;
+the node then refuses every update until it is provisioned again once a key exists, and the
+command line says so (``NO_RELEASE_KEY_WARNING``).
+
 The registry never claims more than is true: a run that is about to write clears
 ``provisioned_at``; only a node whose uplink arrived (or, with no broker to watch, whose
 writes verified and which was reset) is marked provisioned; a failed run leaves
@@ -44,10 +49,13 @@ from fleet.firmware import BoardFirmware, ChipFlash, firmware_plan, read_board_f
 from fleet.nodeconfig import SiteProfile, node_config_bytes
 from fleet.progress import Progress
 from fleet.uplink import UPLINK_TIMEOUT_S, UplinkWatch
-from registry.db import Device, Registry, RegistryError, Site
+from registry.db import Device, Registry, RegistryError, Site, key_fingerprint
 
 DEFAULT_MQTT_PREFIX = "city"
 MESSAGE_CHARS = 400          # provision_message column
+# "%s": "this node" or "these nodes"
+NO_RELEASE_KEY_WARNING = ("the registry has no release key: %s will refuse updates until "
+                          "provisioned again once one exists (`fleet release key create`)")
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Result:
     app_files: int = 0
     fs_partition: str = ""
     key_rotated: bool = False
+    release_key: str = ""             # fingerprint of the release key written, "" when none
     uplink: str = ""                  # topic of the first uplink, "" when not watched
     uplink_s: float = 0.0             # from the reset to the first uplink
     seconds: float = 0.0
@@ -122,6 +131,7 @@ class _Plan:
     fs_part: Partition
     mark: int | None               # OSCORE sequence mark carried over
     settings: dict
+    release_key: bytes | None      # the registry's public release key, written to config.json
     image: bytes                   # the littlefs image for fs_part
 
 
@@ -210,6 +220,8 @@ class _Run:
                     chip.info.description, chip.info.mac, chip.info.flash_size >> 20,
                     plan.board_fw)
             result = Result(plan.device.id, self.port, chip.info.mac, chip.info.description,
+                            release_key=(key_fingerprint(plan.release_key)
+                                         if plan.release_key else ""),
                             app_version=self.options.app.version,
                             app_files=len(self.options.app.files),
                             fs_partition="%s at 0x%x, %d KB" % (
@@ -250,11 +262,13 @@ class _Run:
             site = self._site(device.site)
         mark = self._sequence_mark(device, old_files)
         settings = self._settings(device)
+        release = self.registry.release_key()
+        release_key = release.public_key if release is not None else None
         # Built now so that content too large for the partition is refused before anything
         # is written (built again if the key is rotated: same size, new material).
-        image = self._fs_image(device, site, settings, fs_part, mark)
+        image = self._fs_image(device, site, settings, fs_part, mark, release_key)
         return _Plan(device, site, board_fw, fw_offset, fw_data, why, fs_part, mark, settings,
-                     image)
+                     release_key, image)
 
     def _write_firmware(self, chip, plan: "_Plan", result: Result) -> None:
         firmware = self.firmware
@@ -371,7 +385,7 @@ class _Run:
         return _merged(device.settings(), self.options.settings)
 
     def _fs_image(self, device: Device, site: Site, settings: dict, part: Partition,
-                  mark: int | None) -> bytes:
+                  mark: int | None, release_key: bytes | None) -> bytes:
         extra = {k: v for k, v in settings.items() if k != "interval_s"}
         pins = self.board.pins.get(device.role)
         if pins:
@@ -379,7 +393,7 @@ class _Run:
         profile = SiteProfile(gateway_host=site.gateway_host, gateway_port=site.gateway_port,
                               wifi_ssid=site.wifi_ssid, wifi_psk=site.wifi_psk)
         config = node_config_bytes(device, profile, interval_s=settings.get("interval_s"),
-                                   extra=extra)
+                                   extra=extra, release_key=release_key)
         return boardfs.build_node_image(self.options.app.files, config, part, mark=mark)
 
     # --- the registry ------------------------------------------------------------------------
@@ -401,7 +415,7 @@ class _Run:
         if self.options.rotate_key:
             plan.device = self.device = self.registry.rotate_key(plan.device.id)
             plan.image = self._fs_image(plan.device, plan.site, plan.settings, plan.fs_part,
-                                        plan.mark)
+                                        plan.mark, plan.release_key)
             result.key_rotated = True
 
     def _report(self, result: Result) -> None:
@@ -467,6 +481,8 @@ def summary(result: Result) -> str:
              "  firmware  %s" % result.firmware_note,
              "  app       %s, %d files; filesystem %s" % (result.app_version, result.app_files,
                                                        result.fs_partition)]
+    if result.release_key:
+        lines.append("  updates   accepted when signed with release key %s" % result.release_key)
     if result.uplink:
         lines.append("  uplink    %s, %.1f s after reset" % (result.uplink, result.uplink_s))
     else:

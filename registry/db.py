@@ -2,10 +2,16 @@
 
 SQLAlchemy over any database URL: an SQLite file by default, PostgreSQL for a city-sized fleet.
 The master secret of a device is made here, once, and lives only here and on the device.
+
+It also holds the public half of the fleet's release key (table ``release_key``): provisioning
+writes it into every node's config.json and ``fleet release`` refuses to sign with any other
+key, so the registry is where "the key the nodes trust" is decided. The private key is a file
+on the release engineer's machine (fleet/releasekey.py) and never comes here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,6 +45,9 @@ MAX_KID = 2 ** (8 * KID_BYTES) - 1
 SECRET_BYTES = 16
 SALT_BYTES = 8
 GATEWAY_SENDER_ID = b""
+RELEASE_KEY_BYTES = 65         # an uncompressed P-256 point: 04 || X || Y
+FINGERPRINT_BYTES = 8
+_CURRENT = 1                   # the release_key table's one row
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 _SITE_RE = _ID_RE
 
@@ -144,6 +153,26 @@ class Site(Base):
 
 SITE_FIELDS = ("gateway_host", "gateway_port", "wifi_ssid", "wifi_psk", "mqtt_url",
                "mqtt_prefix", "board", "firmware")
+class ReleaseKey(Base):
+    """The fleet's current release key, public half only (docs/updates.md): one row, id 1.
+    ``public_key`` is the 65-byte uncompressed P-256 point nodes verify manifests with."""
+
+    __tablename__ = "release_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(RELEASE_KEY_BYTES))
+    fingerprint: Mapped[str] = mapped_column(String(2 * FINGERPRINT_BYTES))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return "ReleaseKey(%s)" % self.fingerprint
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """A short name for a public key, for people: the first 8 bytes of its SHA-256, hex."""
+    return hashlib.sha256(public_key).digest()[:FINGERPRINT_BYTES].hex()
+
+
 # Columns `record_provisioning` may set.
 PROVISION_FIELDS = ("mac", "board", "firmware_version", "app_version", "provision_status",
                     "provision_message", "node_settings", "provisioned_at", "key_written_at")
@@ -196,6 +225,7 @@ class Registry:
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        # Tables added since a registry was made (sites, release_key) are created here.
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
 
@@ -347,6 +377,30 @@ class Registry:
     def sites(self) -> list[Site]:
         with self.session() as s:
             return list(s.scalars(select(Site).order_by(Site.name)))
+
+    # --- the release key ---------------------------------------------------------------------
+
+    def set_release_key(self, public_key: bytes) -> ReleaseKey:
+        """Make ``public_key`` the fleet's release key (it replaces any earlier one: nodes
+        provisioned with that one refuse releases signed with this one)."""
+        if len(public_key) != RELEASE_KEY_BYTES or public_key[0] != 4:
+            raise RegistryError("a release key must be a %d-byte uncompressed P-256 point "
+                                "(04 || X || Y)" % RELEASE_KEY_BYTES)
+        with self.session() as s:
+            row = s.get(ReleaseKey, _CURRENT)
+            if row is None:
+                row = ReleaseKey(id=_CURRENT)
+                s.add(row)
+            row.public_key = bytes(public_key)
+            row.fingerprint = key_fingerprint(public_key)
+            row.created_at = datetime.now(timezone.utc)
+            s.commit()
+            return row
+
+    def release_key(self) -> ReleaseKey | None:
+        """The fleet's current release key, or None when none was made yet."""
+        with self.session() as s:
+            return s.get(ReleaseKey, _CURRENT)
 
 
 def export_oscore(device: Device, directory: Path, *, seq_start: int) -> Path:
