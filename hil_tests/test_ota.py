@@ -22,6 +22,7 @@ from testbed import bed as tb
 from testbed.bed import BoardNode
 from testbed.gatewayproc import PREFIX
 from testbed.mqttwatch import MqttWatch, records_of
+from testbed.netem import UdpRelay
 from vboard.flash import FlashFile
 
 UPDATABLE = ("app/", "lib/", "drivers/")
@@ -69,6 +70,16 @@ def release_files(source: Path) -> dict[str, bytes]:
     return {p: d for p, d in build_app(source).items() if p.startswith(UPDATABLE)}
 
 
+def served(bed, *versions: str) -> None:
+    """Wait until the gateway has copied these releases from the store into its cache."""
+    cache = bed.workdir / "gateway-state" / "files"
+    deadline = time.monotonic() + 20
+    while not all((cache / v / mf.MANIFEST).exists() for v in versions):
+        assert time.monotonic() < deadline, "the gateway did not take the releases %s" % (
+            versions,)
+        time.sleep(0.1)
+
+
 def ota(device: str, version: str) -> None:
     publish.single("%s/north/%s/down" % (PREFIX, device),
                    json.dumps({"cmd": "ota", "args": {"version": version,
@@ -88,11 +99,12 @@ def update_states(watch: MqttWatch, device: str) -> list[dict]:
     return [f for _, f in sorted(frames.items()) if "upd" in f]
 
 
-def wait_state(watch, fleet, device, state, timeout):
+def wait_state(watch, fleet, device, state, timeout, version=None):
+    """The update states the device reported, once the last is ``state`` (of ``version``)."""
     deadline = time.monotonic() + timeout
     while True:
         states = update_states(watch, device)
-        if states and states[-1]["upd"] == state:
+        if states and states[-1]["upd"] == state and version in (None, states[-1]["updv"]):
             return states
         if time.monotonic() > deadline:
             raise AssertionError("no %s from %s in %.0f s; update states: %s; console:\n%s"
@@ -116,6 +128,7 @@ def lab(tmp_path, broker):
     releases = Releases(tmp_path / "releases")
     bed = tb.Testbed(tmp_path / "bed", broker=broker, gateway_toml=(
         '[files]\nsource = "%s"\nsync_interval_s = 1\n' % releases.root)).start()
+    bed.registry.set_release_key(releases.public)     # provisioning writes it into config.json
     watch = MqttWatch(broker.url, PREFIX + "/#")
     try:
         yield bed, releases, watch
@@ -124,9 +137,9 @@ def lab(tmp_path, broker):
         bed.stop(broker=False)
 
 
-def lamp(releases: Releases, **extra) -> BoardNode:
+def lamp(**extra) -> BoardNode:
     return BoardNode("lamp-01", "lighting", interval_s=30, extra={
-        "release_key": releases.public.hex(), "status_s": 600, "ota_trial_s": 120, **extra})
+        "status_s": 600, "ota_trial_s": 120, **extra})
 
 
 def test_a_release_that_changes_one_file_is_fetched_switched_to_and_confirmed(lab, tmp_path):
@@ -136,8 +149,9 @@ def test_a_release_that_changes_one_file_is_fetched_switched_to_and_confirmed(la
     changed = [p for p in new if new[p] != old.get(p)]
     assert changed == ["app/node.mpy"]
     releases.build("0.3.0", 1, new)
-    fleet = bed.add_boards([lamp(releases)], speed=1)
+    fleet = bed.add_boards([lamp()], speed=1)
     fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, "0.3.0")
     ota("lamp-01", "0.3.0")
     states = wait_state(watch, fleet, "lamp-01", "confirmed", 90)
     seen = [s["upd"] for s in states]
@@ -154,3 +168,122 @@ def test_a_release_that_changes_one_file_is_fetched_switched_to_and_confirmed(la
     fleet.wait_line("lamp-01", "ota: release 0.3.0 confirmed", 5)
     # the status frame after the confirmation no longer carries the update's records
     fleet.board("lamp-01")        # still running; the next status is due in status_s
+
+
+def flash_app(board) -> dict[str, bytes]:
+    return {p: d for p, d in board_files(board).items() if p.startswith(UPDATABLE)}
+
+
+def test_releases_a_node_must_not_take_are_refused_with_the_reason_and_nothing_changes(
+        lab, tmp_path):
+    bed, releases, watch = lab
+    new = release_files(app_source(tmp_path, "0.3.0"))
+    other = ec.generate_private_key(ec.SECP256R1())
+    cases = [  # version, how the release is built, the reason the node gives
+        ("0.3.1", dict(key=other), "bad signature: not signed with this node's release key"),
+        ("0.3.2", dict(tamper="app/node.mpy"), "app/node.mpy: its hash is not the manifest's"),
+        ("0.3.3", dict(roles=("shaft",)), "release 0.3.3 is not for lighting nodes"),
+        ("0.3.4", dict(number=0), "release 0.3.4 (0) is not newer than the running one (0)"),
+        ("0.3.5", dict(mpy=5), "release 0.3.5 is built for .mpy format 5, this node reads 6"),
+    ]
+    for version, how, _ in cases:
+        releases.build(version, how.pop("number", 1), new, **how)
+    fleet = bed.add_boards([lamp()], speed=1)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, *(version for version, _, _ in cases))
+    before = flash_app(fleet.board("lamp-01"))
+    for version, _, reason in cases:
+        ota("lamp-01", version)
+        states = wait_state(watch, fleet, "lamp-01", "failed", 30, version)
+        assert states[-1]["updr"] == reason
+        assert states[-1]["app"] == "0.2.0"
+        files = board_files(fleet.board("lamp-01"))
+        assert flash_app(fleet.board("lamp-01")) == before
+        assert not any(p.startswith(("next/", "prev/")) or p == "next.man" for p in files)
+
+
+def test_a_release_that_crashes_at_boot_is_rolled_back_by_the_node_itself(lab, tmp_path):
+    bed, releases, watch = lab
+    source = app_source(tmp_path, "0.4.0")
+    run = source / "app" / "run.py"
+    run.write_text(run.read_text().replace(
+        "def main(heap_base=0):\n", "def main(heap_base=0):\n    raise RuntimeError('broken "
+        "release')\n"))
+    releases.build("0.4.0", 1, release_files(source))
+    fleet = bed.add_boards([lamp(ota_trial_boots=2)], speed=1)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, "0.4.0")
+    before = flash_app(fleet.board("lamp-01"))
+    ota("lamp-01", "0.4.0")
+    states = wait_state(watch, fleet, "lamp-01", "rolledback", 60)
+    assert states[-1]["updr"] == "it did not reach the gateway in 2 boots (crash or watchdog)"
+    assert states[-1]["app"] == "0.2.0"
+    assert any("broken release" in line for line in fleet.lines["lamp-01"])
+    assert flash_app(fleet.board("lamp-01")) == before
+    # the old app runs on as before: not in safe mode
+    status = [r for r in records_of(watch.messages, "lamp-01", "status") if r["n"] == "faults"]
+    assert status[-1]["v"] & 0x0400 == 0
+
+
+def test_a_release_that_never_reaches_the_gateway_is_rolled_back_after_its_trial_time(
+        lab, tmp_path):
+    bed, releases, watch = lab
+    source = app_source(tmp_path, "0.5.0")
+    link = source / "app" / "link.py"
+    link.write_text(link.read_text().replace(
+        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n',
+        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n'
+        '        return KEEP    # a release whose link is broken\n'))
+    releases.build("0.5.0", 1, release_files(source))
+    fleet = bed.add_boards([lamp(ota_trial_s=60)], speed=10)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, "0.5.0")
+    ota("lamp-01", "0.5.0")
+    fleet.wait_line("lamp-01", "app 0.5.0", 30)
+    states = wait_state(watch, fleet, "lamp-01", "rolledback", 60)
+    assert states[-1]["updr"] == "no answer from the gateway within 60 s"
+    assert states[-1]["app"] == "0.2.0"
+
+
+@pytest.mark.timeout(240)
+def test_a_download_cut_by_a_lost_network_and_a_gateway_restart_resumes_where_it_was(
+        lab, tmp_path):
+    bed, releases, watch = lab
+    source = app_source(tmp_path, "0.6.0")
+    new = {p: d for p, d in build_app(source, compiled=False).items() if p.startswith(UPDATABLE)}
+    releases.build("0.6.0", 1, new)         # every file differs from the compiled ones
+    relay = UdpRelay(bed.gateway.coap_port)
+    try:
+        fleet = bed.add_boards([lamp()], speed=10, gateway_port=relay.port)
+        fleet.wait_line("lamp-01", "status sent", 30)
+        served(bed, "0.6.0")
+        sent = len(relay.uplink)
+        ota("lamp-01", "0.6.0")
+        # 150 requests into the download (of about 420) the network goes, and while it is
+        # gone the gateway restarts (the node meets its Echo challenge when it is back)
+        deadline = time.monotonic() + 30
+        while len(relay.uplink) < sent + 150:
+            assert time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.01)
+        relay.down.set()
+        bed.restart_gateway()
+        fleet.wait_line("lamp-01", "trying again later", 60)
+        relay.down.clear()
+        states = wait_state(watch, fleet, "lamp-01", "confirmed", 120)
+    finally:
+        relay.close()
+    assert states[-1]["app"] == "0.6.0"
+    assert flash_app(fleet.board("lamp-01")) == new
+    fetched = max(s.get("updb", 0) for s in states)
+    total = sum(len(d) for d in new.values())
+    assert total <= fetched < total + 4 * 512        # resumed, not started again
+
+
+def test_a_release_the_gateway_never_gets_is_given_up_after_the_tries(lab):
+    bed, releases, watch = lab
+    fleet = bed.add_boards([lamp()], speed=60)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    ota("lamp-01", "9.9.9")              # asked again every 30 s (of the node's time)
+    states = wait_state(watch, fleet, "lamp-01", "failed", 60, "9.9.9")
+    assert states[-1]["updr"] == "the gateway has no release 9.9.9 (10 tries)"
+    assert states[-1]["app"] == "0.2.0"

@@ -42,6 +42,12 @@ class Testbed:
                                       extra_toml=self.gateway_toml).start()
         return self
 
+    def release_key(self) -> bytes | None:
+        """The registry's public release key, which nodes get as provisioning gives it."""
+        assert self.registry is not None
+        key = self.registry.release_key()
+        return key.public_key if key is not None else None
+
     def site_profile(self, gateway_port: int | None = None) -> SiteProfile:
         assert self.gateway is not None
         return SiteProfile(gateway_host="127.0.0.1",
@@ -60,7 +66,8 @@ class Testbed:
         # A host node has no board to wake it from deep sleep: battery roles stay awake.
         extra = {"sleep": "light", **(extra or {})}
         install_firmware(root, node_config(device, self.site_profile(gateway_port),
-                                           interval_s=interval_s, extra=extra))
+                                           interval_s=interval_s, extra=extra,
+                                           release_key=self.release_key()))
         node = HostNode(root, on_line=on_line).start()
         self.nodes[device_id] = node
         return node
@@ -181,6 +188,7 @@ class RunningBoards:
             device = bed.registry.add_device(n.id, n.role, n.site, street=street,
                                              position_m=position)
             cfg = node_config(device, bed.site_profile(gateway_port), interval_s=n.interval_s,
+                              release_key=bed.release_key(),
                               extra=n.extra)
             files = dict(app)
             files["config.json"] = (json.dumps(cfg, indent=1) + "\n").encode()

@@ -24,7 +24,7 @@ HEALTHY_S = const(120)       # always-on: up this long without a crash clears th
 RETRY_MIN_S = const(10)
 RETRY_MAX_S = const(600)
 UPDATE_WAKE_MS = const(15000)  # battery: time an update may take of a wake (it resumes)
-UPDATE_RUN_MS = const(60000)   # always on: one stretch of update work
+UPDATE_RUN_MS = const(5000)    # always on: one stretch of update work (then uplinks, status)
 
 DEEPSLEEP_RESET = const(4)   # machine.DEEPSLEEP_RESET on the ESP32 port
 WDT_RESET = const(3)

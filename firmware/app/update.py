@@ -157,7 +157,7 @@ async def step(node, budget_ms):
     except (OSError, coap.Timeout) as e:
         st["e"] = st.get("e", 0) + 1
         if st["e"] >= _TRIES:
-            _fail(node, st, "the gateway did not answer (%d tries): %s" % (st["e"], e))
+            _fail(node, st, "%s (%d tries)" % (e.args[0] if e.args else repr(e), st["e"]))
             return False
         bs.save(st)
         _log("%s: %r, trying again later (%d)" % (st["s"], e, st["e"]))
@@ -185,9 +185,11 @@ async def _fetch(node, st):
             raise UpdateError("the manifest is larger than %d bytes" % _MANIFEST_MAX)
         got.extend(data)
     code, _ = await node.link.client().aget_blocks(st["m"], sink, _SZX)
+    if code == coap.NOT_FOUND:
+        # The gateway may not have copied the release from the fleet's store yet: asked
+        # again later, like a gateway that does not answer, until the tries run out.
+        raise OSError("the gateway has no release %s" % st["v"])
     if code != coap.CONTENT:
-        if code == 0x84:                  # 4.04: the gateway has no such release
-            raise UpdateError("the gateway has no release %s" % st["v"])
         raise OSError("manifest: %d.%02d" % (code >> 5, code & 31))
     manifest = check(node, bytes(got), st["v"])
     st["n"] = manifest["n"]
@@ -326,7 +328,7 @@ async def _transfer(node, st, name, sink):
             "f/%s/%s" % (st["v"], name), sink, _SZX, sink.pos // _BLOCK)
     except _Pause:
         return False
-    if code == 0x84:
+    if code == coap.NOT_FOUND:
         raise UpdateError("the gateway has no file %s of release %s" % (name, st["v"]))
     if code != coap.CONTENT:
         raise OSError("%s: %d.%02d" % (name, code >> 5, code & 31))
@@ -344,8 +346,8 @@ async def _download(node, st, path, target, size, digest, buf, until):
     if have % _BLOCK or have > size:       # a torn write: start the file again
         h, have = hashlib.sha256(), 0
         bs.remove_tree(part)
-    if have < size:
-        with open(part, "ab") as f:
+    with open(part, "ab") as f:                # made here when empty (a 0-byte file)
+        if have < size:
             def write(data):
                 f.write(data)
                 h.update(data)
