@@ -35,6 +35,8 @@ def log(msg):
 
 
 class Node:
+    app_version = APP_VERSION     # of the app as provisioned (a release installed says its own)
+
     def __init__(self, cfg, state, safe=False):
         self.cfg = cfg
         self.state = state

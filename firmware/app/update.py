@@ -82,15 +82,14 @@ def _version_tuple(text):
     return tuple(out)
 
 
-def running():
+def running(node):
     """(version, number) of the app that runs: the last release installed, else the app that
     was provisioned (release 0)."""
     st = bs.load()
     cur = st.get("cur") if st else None
     if isinstance(cur, list) and len(cur) == 2:
         return cur[0], cur[1]
-    from app.node import APP_VERSION
-    return APP_VERSION, 0
+    return node.app_version, 0
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -114,7 +113,7 @@ def start(node, args):
         return False
     if s in _ACTIVE and st.get("v") == version:
         return True                       # already under way
-    cur_v, cur_n = running()
+    cur_v, cur_n = running(node)
     for path_ in ("next", "prev", "drop", "next.man"):
         bs.remove_tree(path_)
     bs.save({"s": "fetch", "v": version, "m": path, "b": 0, "e": 0,
@@ -148,8 +147,6 @@ async def step(node, budget_ms):
             await _stage(node, st, until)
         if st["s"] == "fw":
             await _firmware(node, st, until)
-        if st["s"] == "switch":
-            _switch(node, st)
         return st["s"] in _ACTIVE
     except UpdateError as e:
         _fail(node, st, str(e))
@@ -228,7 +225,7 @@ def check(node, data, version):
         raise UpdateError("the manifest is for release %s, not %s" % (m.get("v"), version))
     if node.cfg.role not in m.get("roles", ()):
         raise UpdateError("release %s is not for %s nodes" % (version, node.cfg.role))
-    _, cur_n = running()
+    _, cur_n = running(node)
     if not isinstance(m.get("n"), int) or m["n"] <= cur_n:
         raise UpdateError("release %s (%s) is not newer than the running one (%d)"
                           % (version, m.get("n"), cur_n))
@@ -265,8 +262,11 @@ async def _stage(node, st, until):
         st["i"] += 1
         st["e"] = 0
         bs.save(st)
-    st["s"] = "fw" if _manifest().get("fw") else "switch"
-    bs.save(st)
+    if _manifest().get("fw"):
+        st["s"] = "fw"
+        bs.save(st)
+    else:
+        _switch(node, st)        # "switch" is written once, with all the boot stage needs
 
 
 def _copy_if_same(path, target, size, digest, buf):
@@ -407,19 +407,19 @@ async def _firmware(node, st, until):
         raise UpdateError("the MicroPython image was refused: %s" % e)
     st["fwp"] = slot.info()[4]
     st["fwv"] = version
-    st["s"] = "switch"
-    bs.save(st)
+    _switch(node, st)
 
 
 def _switch(node, st):
+    """Ask the boot stage for the switch: one write of everything it needs (what the new
+    app is, how long its trial may take). /prev was removed when the update began."""
     cfg = node.cfg
     st["s"] = "switch"
     st["cur"] = [st["v"], st["n"]]
     st["tries"] = cfg.ota_trial_boots
     st["trial_s"] = cfg.ota_trial_s
-    bs.remove_tree("next.man")
-    bs.remove_tree("prev")
     bs.save(st)
+    bs.remove_tree("next.man")
     _log("release %s staged: switching at the reset" % st["v"])
     node.update_active = False
     node.switch_pending = True
