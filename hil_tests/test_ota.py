@@ -13,8 +13,10 @@ import paho.mqtt.publish as publish
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from boards.app_image import build_app_image, check_app_image
 from boards.fsimage import read_littlefs
 from boards.nodeapp import FIRMWARE
+from boards.otadata import OTA_IMG_VALID, read_otadata, select_boot_partition
 from boards.partition_table import filesystem_partition, read_partition_table
 from fleet.appbuild import build_app
 from protocol import manifest as mf
@@ -26,6 +28,7 @@ from testbed.netem import UdpRelay
 from vboard.flash import FlashFile
 
 UPDATABLE = ("app/", "lib/", "drivers/")
+SHAFTS = Path(__file__).parent / "scenarios" / "shafts.toml"
 
 
 class Releases:
@@ -40,12 +43,19 @@ class Releases:
 
     def build(self, version: str, number: int, files: dict[str, bytes], *,
               roles=("lighting", "parking", "shaft"), key=None, tamper: str | None = None,
-              mpy: int = 6) -> mf.Manifest:
+              mpy: int = 6, image: bytes | None = None) -> mf.Manifest:
         entries = tuple(mf.FileEntry(p, len(d), mf.file_digest(d)) for p, d in sorted(
             files.items()))
-        m = mf.Manifest(version, number, tuple(roles), "1.22.0", mpy, entries)
+        firmware = None
+        if image is not None:
+            firmware = mf.FirmwareEntry(check_app_image(image)[0][1], len(image),
+                                        mf.file_digest(image))
+        m = mf.Manifest(version, number, tuple(roles), "1.22.0", mpy, entries,
+                        firmware=firmware)
         folder = self.root / (".partial-" + version)
         folder.mkdir()
+        if image is not None:
+            (folder / mf.FIRMWARE_FILE).write_bytes(image)
         for path, data in files.items():
             if path == tamper:
                 data = data + b"#"
@@ -287,3 +297,84 @@ def test_a_release_the_gateway_never_gets_is_given_up_after_the_tries(lab):
     states = wait_state(watch, fleet, "lamp-01", "failed", 60, "9.9.9")
     assert states[-1]["updr"] == "the gateway has no release 9.9.9 (10 tries)"
     assert states[-1]["app"] == "0.2.0"
+
+
+def test_a_release_with_a_micropython_image_boots_it_from_the_other_slot_and_confirms_it(
+        lab, tmp_path):
+    bed, releases, watch = lab
+    image = build_app_image("micropython", "v1.25.0", payload_size=40_000)
+    releases.build("0.7.0", 1, release_files(app_source(tmp_path, "0.7.0")), image=image)
+    fleet = bed.add_boards([BoardNode("lamp-01", "lighting", interval_s=30,
+                                      board="esp32-devkitc-ota", extra={"status_s": 600})],
+                           speed=1)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, "0.7.0")
+    ota("lamp-01", "0.7.0")
+    states = wait_state(watch, fleet, "lamp-01", "confirmed", 90)
+    assert states[-1]["app"] == "0.7.0"
+    assert max(s.get("updb", 0) for s in states) >= len(image)
+    board = fleet.board("lamp-01")
+    assert any("Loaded app from partition at offset 0x190000" in line
+               for line in fleet.lines["lamp-01"])
+    flash = FlashFile(board.flash.path, board.board.flash_size)
+    try:
+        parts = read_partition_table(flash)
+        part, _why = select_boot_partition(flash, parts, commit=False)
+        assert part.name == "ota_1"
+        assert flash.read(part.offset, len(image)) == image
+        assert [e.state for e in read_otadata(flash, parts) if e.seq != 0xFFFFFFFF] == [
+            OTA_IMG_VALID]
+    finally:
+        flash.close()
+
+
+def test_a_micropython_image_never_confirmed_is_left_by_the_bootloader_and_the_app_follows(
+        lab, tmp_path):
+    bed, releases, watch = lab
+    source = app_source(tmp_path, "0.8.0")
+    link = source / "app" / "link.py"
+    link.write_text(link.read_text().replace(
+        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n',
+        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n'
+        '        return KEEP    # a release whose link is broken\n'))
+    image = build_app_image("micropython", "v1.25.0", payload_size=20_000)
+    releases.build("0.8.0", 1, release_files(source), image=image)
+    fleet = bed.add_boards([BoardNode("lamp-01", "lighting", interval_s=30,
+                                      board="esp32-devkitc-ota",
+                                      extra={"status_s": 600, "ota_trial_s": 60})], speed=10)
+    fleet.wait_line("lamp-01", "status sent", 30)
+    served(bed, "0.8.0")
+    before = flash_app(fleet.board("lamp-01"))
+    ota("lamp-01", "0.8.0")
+    states = wait_state(watch, fleet, "lamp-01", "rolledback", 60)
+    assert states[-1]["app"] == "0.2.0"
+    assert states[-1]["updr"] == "no answer from the gateway within 60 s"
+    assert flash_app(fleet.board("lamp-01")) == before
+    lines = fleet.lines["lamp-01"]
+    assert any("offset 0x190000" in line for line in lines)      # the new image ran once
+    assert "offset 0x10000" in [line for line in lines if "Loaded app" in line][-1]
+
+
+@pytest.mark.timeout(240)
+def test_a_battery_node_downloads_across_its_wakes_and_keeps_its_duty_cycle(lab, tmp_path):
+    bed, releases, watch = lab
+    source = app_source(tmp_path, "0.9.0")
+    new = {p: d for p, d in build_app(source, compiled=False).items() if p.startswith(UPDATABLE)}
+    releases.build("0.9.0", 1, new)          # ~200 KB: more than one wake's share
+    shaft = BoardNode("shaft-01", "shaft", interval_s=300, extra={
+        "status_s": 3600, "shaft": {"mode": "uart", "sample_s": 300}})
+    fleet = bed.add_boards([shaft], speed=60, scenario=SHAFTS)
+    fleet.wait_line("shaft-01", "deep sleep", 60)
+    served(bed, "0.9.0")
+    ota("shaft-01", "0.9.0")
+    states = wait_state(watch, fleet, "shaft-01", "confirmed", 200)
+    assert states[-1]["app"] == "0.9.0"
+    progress = [s["updb"] for s in states if s["upd"] == "downloading"]
+    assert len(progress) >= 2 and progress == sorted(progress), states
+    # the download came in several wakes, the node sleeping in between
+    lines = fleet.lines["shaft-01"]
+    first = next(i for i, line in enumerate(lines) if "verified: " in line)
+    last = next(i for i, line in enumerate(lines) if "staged: switching" in line)
+    assert sum("deep sleep" in line for line in lines[first:last]) >= 2
+    awake = [int(line.split()[1]) for line in lines[first:last] if line.startswith("awake ")]
+    assert awake and max(awake) < 25_000         # no wake much beyond its update share

@@ -247,8 +247,10 @@ class Node:
         return records
 
     def report_soon(self):
-        """Send a status frame at the next opportunity (not only when status_s is up)."""
+        """Send a status frame at the next opportunity (not only when status_s is up); in RTC
+        memory too, for a battery node's next wake."""
         self.status_now = True
+        self.state.status_due = 0
         self.wake.set()
 
     def status_due(self):
@@ -268,7 +270,8 @@ class Node:
         result = await self._post("s", records)
         if result == DONE or result == DROP:
             self.state.faults_sent = bits
-            self.state.status_due = self.now_s() + self.cfg.status_s
+            # what asked for a report while this frame was on its way gets the next one
+            self.state.status_due = 0 if self.status_now else self.now_s() + self.cfg.status_s
             self.state.dropped = 0
             log("status sent: faults=%s" % F.describe(bits))
             shown = [r[1] for r in records if r[0] == "upd"]
@@ -278,6 +281,7 @@ class Node:
             self.run_commands()
         if result != DONE and result != DROP and asked:
             self.status_now = True
+            self.state.status_due = 0
         return result
 
     # --- commands ----------------------------------------------------------------------------
