@@ -63,6 +63,15 @@ def remove_tree(path):
         os.remove(path)
 
 
+def makedirs(path):
+    """The folders above file `path` (an update stages nested paths in /next)."""
+    part = ""
+    for seg in path.split("/")[:-1]:
+        part = part + "/" + seg if part else seg
+        if not exists(part):
+            os.mkdir(part)
+
+
 def _forward():
     # Only a stale /prev (which the update removes before it asks for the switch) has all
     # three; a switch cut short never does. Nothing moves then: the old app stays whole.

@@ -18,7 +18,7 @@ from protocol import envelope, vocabulary, wire
 
 # The role each role module implements; node.py and state.py are shared by all of them.
 ROLE_FILES = {"lighting": "app/lighting.py", "parking": "app/parking.py", "shaft": "app/shaft.py"}
-SHARED_FILES = ("app/node.py", "app/state.py", "app/update.py")
+SHARED_FILES = ("app/node.py", "app/state.py", "app/update.py", "app/staging.py")
 # Calls that take records: a list of them, or one record (``insert(0, record)``).
 RECORD_CALLS = frozenset(("append", "insert", "extend", "submit", "_apply"))
 

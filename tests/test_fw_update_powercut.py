@@ -107,6 +107,7 @@ class Node:
     cfg = Cfg()
     link = Link()
     app_version = "0.2.0"
+    heap_base = 0
     update_active = switch_pending = on_trial = False
     def log_once(self, msg):
         pass

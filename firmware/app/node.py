@@ -15,6 +15,7 @@ from app import faults as F
 from app import state as st
 from app.link import Link, DONE, DROP, KEEP, WAIT, EPOCH_2000, local_now
 from app.store import Queue, ABSOLUTE
+from app.heap import forget
 
 APP_VERSION = "0.2.0"
 LIVE_MS = const(5000)        # a reading older than this when sent carries its time
@@ -239,7 +240,8 @@ class Node:
             records.append(("rssi", rssi))
         if self.role is not None:
             records.extend(self.role.status_records())
-        if bootswitch.exists(bootswitch.STATE):
+        ota = bootswitch.load()
+        if ota is not None and not ota.get("rep"):     # an update's state not yet reported
             from app import update
             records.extend(update.records())
         records.append(("faults", self.faults()))
@@ -277,7 +279,8 @@ class Node:
             shown = [r[1] for r in records if r[0] == "upd"]
             if shown:
                 from app import update
-                update.reported(shown[0])
+                if update.reported(shown[0]):
+                    forget("app.update")      # its final state is out: not needed any more
             self.run_commands()
         if result != DONE and result != DROP and asked:
             self.status_now = True

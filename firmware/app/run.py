@@ -10,12 +10,12 @@
 
 from micropython import const
 import gc
-import sys
 import time
 import asyncio
 import machine
 
 from app import state as st
+from app.heap import forget
 from app.node import APP_VERSION, Node, log, DEEPSLEEP_RESET, WDT_RESET
 
 BOOTS_FILE = "boots"
@@ -92,17 +92,6 @@ def boot_state():
     state.flags |= st.RUNNING
     state.save()
     return state, woke, crashed
-
-
-def forget(name):
-    """Drop module `name` from the heap (what still refers to its objects keeps those)."""
-    sys.modules.pop(name, None)
-    package, _, attr = name.rpartition(".")
-    if package in sys.modules:
-        try:
-            delattr(sys.modules[package], attr)
-        except AttributeError:
-            pass
 
 
 def main(heap_base=0):
