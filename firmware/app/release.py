@@ -39,7 +39,7 @@ async def fetch(node, st):
     if code != coap.CONTENT:
         raise OSError("manifest: %d.%02d" % (code >> 5, code & 31))
     m = check(node, got, st["v"])
-    del got
+    got = None                # the bytes are not needed any more
     total = 0
     with open(LIST, "w") as f:
         for path, size, digest in m["files"]:
