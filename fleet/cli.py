@@ -448,13 +448,58 @@ def _cmd_release_verify(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+STORE_HELP = "the release store (default: $FLEET_RELEASE_STORE, else ./releases)"
+
+
+def _cmd_update(reg: Registry, args: argparse.Namespace) -> int:
+    from fleet import update
+    from fleet.release import store_dir
+
+    store = store_dir(args.store)
+    plan = update.plan(reg, store, args.release, args.devices, mqtt_url=args.mqtt)
+    m = plan.release.manifest
+    print("release %s (number %d) to %d node%s through %s; waiting up to %.0f s (--timeout)"
+          % (m.version, m.number, len(plan.nodes), "" if len(plan.nodes) == 1 else "s",
+             plan.broker, args.timeout))
+    view = update.View(sys.stdout, live=sys.stdout.isatty())
+    return update.follow(plan, store, timeout_s=args.timeout, view=view)
+
+
+def _duration(text: str) -> float:
+    """Seconds, or a number with s, m or h: 90, 30m, 2h."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), None)
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r: give seconds, or e.g. 30m, 2h" % text) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("%r: must be more than 0" % text)
+    return value
+
+
+def _add_update_parser(sub) -> None:
+    from fleet.update import TIMEOUT_S
+
+    upd = sub.add_parser("update", help="tell nodes that a release is ready and follow each to "
+                                        "confirmed (or failed, with the reason)")
+    upd.add_argument("devices", nargs="+", metavar="DEVICE", help="registered device ids")
+    upd.add_argument("--release", required=True, metavar="VERSION",
+                     help="a release in the store (fleet release list)")
+    upd.add_argument("--timeout", type=_duration, default=TIMEOUT_S, metavar="TIME",
+                     help="stop following after this long, e.g. 600, 30m, 2h (default %.0f s; "
+                          "the nodes go on by themselves)" % TIMEOUT_S)
+    upd.add_argument("--mqtt", metavar="URL",
+                     help="the broker (mqtt://HOST:PORT; default: the devices' site profile)")
+    upd.add_argument("--store", metavar="DIR", help=STORE_HELP)
+    upd.set_defaults(func=_cmd_update)
+
+
 def _add_release_parser(sub) -> None:
     rel = sub.add_parser("release", help="signed releases of the node application: the key, "
                                          "building, listing, verifying")
     rsub = rel.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     key_help = ("the release key's private key file (default: $FLEET_RELEASE_KEY, else "
                 "~/.config/citytestbed/release-key.pem)")
-    store_help = "the release store (default: $FLEET_RELEASE_STORE, else ./releases)"
 
     key = rsub.add_parser("key", help="the fleet's release key")
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
@@ -487,25 +532,25 @@ def _add_release_parser(sub) -> None:
     build.add_argument("--micropython", metavar="X.Y.Z",
                        help="the lowest MicroPython it runs on (default 1.22.0, the first "
                             "to read .mpy format 6)")
-    build.add_argument("--store", metavar="DIR", help=store_help)
+    build.add_argument("--store", metavar="DIR", help=STORE_HELP)
     build.add_argument("--key", metavar="FILE", help=key_help)
     build.add_argument("-q", "--quiet", action="store_true", help="only the last line")
     build.set_defaults(func=_cmd_release_build)
 
     rlist = rsub.add_parser("list", help="the releases in the store")
-    rlist.add_argument("--store", metavar="DIR", help=store_help)
+    rlist.add_argument("--store", metavar="DIR", help=STORE_HELP)
     rlist.add_argument("--json", action="store_true")
     rlist.set_defaults(func=_cmd_release_list, registry_used=False)
 
     rshow = rsub.add_parser("show", help="a release's manifest and files")
     rshow.add_argument("version")
-    rshow.add_argument("--store", metavar="DIR", help=store_help)
+    rshow.add_argument("--store", metavar="DIR", help=STORE_HELP)
     rshow.set_defaults(func=_cmd_release_show, registry_used=False)
 
     rverify = rsub.add_parser("verify", help="check a stored release as a node would: "
                                              "signature, every file's size and hash")
     rverify.add_argument("version")
-    rverify.add_argument("--store", metavar="DIR", help=store_help)
+    rverify.add_argument("--store", metavar="DIR", help=STORE_HELP)
     rverify.set_defaults(func=_cmd_release_verify)
 
 
@@ -672,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     flist.set_defaults(func=_cmd_firmware_list, registry_used=False)
 
     _add_release_parser(sub)
+    _add_update_parser(sub)
 
     ports = sub.add_parser("ports", help="list serial ports (which one is the board?)")
     ports.set_defaults(func=_cmd_ports, registry_used=False)

@@ -5,7 +5,6 @@ what the operator sees on MQTT (docs/updates.md, protocol.md §9)."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from boards.partition_table import filesystem_partition, read_partition_table
 from fleet.appbuild import build_app
 from protocol import manifest as mf
 from testbed import bed as tb
+from testbed.appvariant import app_source
 from testbed.bed import BoardNode, heap_reports
 from testbed.gatewayproc import PREFIX
 from testbed.mqttwatch import MqttWatch, records_of
@@ -65,16 +65,6 @@ class Releases:
         (folder / mf.MANIFEST).write_bytes(mf.pack(body, mf.sign(key or self.key, body)))
         folder.rename(self.root / version)
         return m
-
-
-def app_source(tmp_path: Path, version: str) -> Path:
-    """A copy of the firmware whose node reports ``version``: one changed module."""
-    src = tmp_path / ("src-" + version)
-    shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
-    node = src / "app" / "node.py"
-    node.write_text(node.read_text().replace('APP_VERSION = "0.2.0"',
-                                             'APP_VERSION = "%s"' % version))
-    return src
 
 
 def release_files(source: Path) -> dict[str, bytes]:
@@ -223,11 +213,7 @@ def test_releases_a_node_must_not_take_are_refused_with_the_reason_and_nothing_c
 
 def test_a_release_that_crashes_at_boot_is_rolled_back_by_the_node_itself(lab, tmp_path):
     bed, releases, watch = lab
-    source = app_source(tmp_path, "0.4.0")
-    run = source / "app" / "run.py"
-    run.write_text(run.read_text().replace(
-        "def main(heap_base=0):\n", "def main(heap_base=0):\n    raise RuntimeError('broken "
-        "release')\n"))
+    source = app_source(tmp_path, "0.4.0", broken=True)
     releases.build("0.4.0", 1, release_files(source))
     fleet = bed.add_boards([lamp(ota_trial_boots=2)], speed=1)
     fleet.wait_line("lamp-01", "status sent", 30)
@@ -386,4 +372,6 @@ def test_a_battery_node_downloads_across_its_wakes_and_keeps_its_duty_cycle(lab,
     last = next(i for i, line in enumerate(lines) if "staged: switching" in line)
     assert sum("deep sleep" in line for line in lines[first:last]) >= 2
     awake = [int(line.split()[1]) for line in lines[first:last] if line.startswith("awake ")]
-    assert awake and max(awake) < 25_000         # no wake much beyond its update share
+    # no wake much beyond its update share (15 s, and the radio and report, which a loaded
+    # host stretches in simulated time): the whole download would take minutes
+    assert awake and max(awake) < 35_000

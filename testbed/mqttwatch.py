@@ -10,7 +10,7 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
-from protocol import topics
+from protocol import senmljson, topics
 
 
 class MqttWatch:
@@ -72,9 +72,8 @@ def records_of(messages: list[tuple[str, bytes]], device: str,
         where = topics.split(topic)
         if where is None or (where.device, where.leaf) != (device, leaf):
             continue
-        for rec in json.loads(payload):
-            value = rec.get("v", rec.get("vb", rec.get("vs")))
-            out.append({"n": rec["n"], "v": value, "t": rec["t"], "frame": frame})
+        for rec in senmljson.records(payload):
+            out.append({**rec, "frame": frame})
         frame += 1
     return out
 

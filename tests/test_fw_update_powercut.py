@@ -32,7 +32,7 @@ UPDATABLE = ("app/", "lib/", "drivers/")
 # semantics (it logs each erase and program when asked to), the stand-ins for `machine`, the
 # node's config and link, and the node's own code from the flash.
 PRELUDE = r"""
-import sys, os, json, vfs, asyncio, hashlib, struct
+import gc, sys, os, json, vfs, asyncio, hashlib, struct
 FILES = %(files)r
 KEY = %(key)r
 OLD, NEW = %(old)r, %(new)r
@@ -85,6 +85,7 @@ class Cfg:
     release_key = bytes.fromhex(KEY)
     ota_trial_boots = 3
     ota_trial_s = 600
+    battery = False
 
 class Link:
     async def up(self):
@@ -199,6 +200,7 @@ for k in range(%(writes)d + 1):
     runs = "new" if got == NEW else "old" if got == OLD else "mix"
     results.append([k, runs, st.get("s"), (st.get("cur") or ["0.2.0"])[0]])
     unmount()
+gc.collect()                # a thousand mounts leave the heap in pieces: room for the answer
 print("@" + json.dumps(results))
 """
 

@@ -165,7 +165,7 @@ async def _download(node, st, path, target, size, digest, buf, until):
         h, have = _hash_file(part, buf)
     except OSError:
         h, have = hashlib.sha256(), 0
-    if have % _BLOCK or have > size:       # a torn write: start the file again
+    if have > size or (have % _BLOCK and have != size):   # a torn write: start the file again
         h, have = hashlib.sha256(), 0
         bs.remove_tree(part)
     with open(part, "ab") as f:                # made here when empty (a 0-byte file)

@@ -84,6 +84,7 @@ async def step(node, budget_ms):
         node.update_active = False
         return False
     until = time.ticks_add(time.ticks_ms(), budget_ms)
+    fetched = st.get("b", 0)
     try:
         if not await node.link.up():
             raise OSError("no WiFi")
@@ -93,6 +94,8 @@ async def step(node, budget_ms):
         else:
             from app import staging
             await staging.stage(node, st, until)
+        if node.cfg.battery and st["s"] in ACTIVE and st.get("b", 0) != fetched:
+            node.report_soon()        # a battery node shows its progress in every wake
         return st["s"] in ACTIVE
     except UpdateError as e:
         _fail(node, st, str(e))
