@@ -282,7 +282,13 @@ class View:
         return "%-*s %s%s" % (width, node.device, bar, node.describe())
 
     def draw(self, nodes: list[NodeUpdate]) -> None:
+        """Show what changed since the last drawing (nothing when nothing did)."""
         width = max(len(n.device) for n in nodes)
+        changed = [n for n in nodes if self._last.get(n.device) != n.describe()]
+        if not changed:
+            return
+        for node in changed:
+            self._last[node.device] = node.describe()
         if self.live:
             if self._drawn:
                 self.stream.write("\x1b[%dF" % self._drawn)
@@ -290,12 +296,9 @@ class View:
                 self.stream.write("\r\x1b[K" + self._line(node, width) + "\n")
             self._drawn = len(nodes)
         else:
-            for node in nodes:
-                text = node.describe()
-                if self._last.get(node.device) != text:
-                    self._last[node.device] = text
-                    self.stream.write("%6.0f s  %s\n" % (time.monotonic() - self._started,
-                                                        self._line(node, width)))
+            for node in changed:
+                self.stream.write("%6.0f s  %s\n" % (time.monotonic() - self._started,
+                                                    self._line(node, width)))
         self.stream.flush()
 
     def done(self, nodes: list[NodeUpdate], timeout_s: float) -> None:

@@ -233,12 +233,7 @@ def test_a_release_that_crashes_at_boot_is_rolled_back_by_the_node_itself(lab, t
 def test_a_release_that_never_reaches_the_gateway_is_rolled_back_after_its_trial_time(
         lab, tmp_path):
     bed, releases, watch = lab
-    source = app_source(tmp_path, "0.5.0")
-    link = source / "app" / "link.py"
-    link.write_text(link.read_text().replace(
-        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n',
-        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n'
-        '        return KEEP    # a release whose link is broken\n'))
+    source = app_source(tmp_path, "0.5.0", unreachable=True)
     releases.build("0.5.0", 1, release_files(source))
     fleet = bed.add_boards([lamp(ota_trial_s=60)], speed=10)
     fleet.wait_line("lamp-01", "status sent", 30)
@@ -326,12 +321,7 @@ def test_a_release_with_a_micropython_image_boots_it_from_the_other_slot_and_con
 def test_a_micropython_image_never_confirmed_is_left_by_the_bootloader_and_the_app_follows(
         lab, tmp_path):
     bed, releases, watch = lab
-    source = app_source(tmp_path, "0.8.0")
-    link = source / "app" / "link.py"
-    link.write_text(link.read_text().replace(
-        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n',
-        '        """POST a SenML-CBOR payload to /u or /s; return DONE, DROP, KEEP or WAIT."""\n'
-        '        return KEEP    # a release whose link is broken\n'))
+    source = app_source(tmp_path, "0.8.0", unreachable=True)
     image = build_app_image("micropython", "v1.25.0", payload_size=20_000)
     releases.build("0.8.0", 1, release_files(source), image=image)
     fleet = bed.add_boards([BoardNode("lamp-01", "lighting", interval_s=30,

@@ -57,10 +57,13 @@ def test_a_terminal_gets_bars_redrawn_in_place_and_a_log_a_line_per_change():
     term = io.StringIO()
     view = up.View(term, live=True)
     view.draw(nodes)
+    view.draw(nodes)                                  # nothing changed: nothing drawn
+    nodes[0].fetched = 3719
     view.draw(nodes)
     text = term.getvalue()
     assert text.count("\x1b[2F") == 1                  # the second drawing went back up
     assert "lamp-01 [" + "#" * 11 in text and "] downloading 3,718 / 7,437 B" in text
+    assert text.endswith("] queued\n") and "3,719 / 7,437 B" in text
     log = io.StringIO()
     view = up.View(log, live=False)
     view.draw(nodes)
